@@ -1,0 +1,109 @@
+"""The contract between the harness and an inference engine.
+
+Lifecycle: the harness validates a config with `Adapter.Config`, asks `check(config, hardware)`
+whether it can run at all (a reason string means infeasible: the trial is pruned, never launched),
+then `async with adapter.start(config) as engine:` builds or launches the engine, streams requests
+through `engine.stream(request)` (many concurrently), and leaves the block to free every resource
+(GPU memory, subprocesses, ports). `fingerprint()` describes what was measured.
+
+`Engine.stream` yields `StreamEvent`s in time order until the request ends. A request-level failure
+(rejected prompt, server error, timeout) ends the stream with an event whose `error` is set; it is
+never raised. Exceptions from `stream` are reserved for bugs and are still recorded per request by
+the runner.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import platform
+from dataclasses import dataclass, field
+from typing import AsyncIterator, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from workloads import RequestSpec, TokenSpace
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """`n_tokens` new output tokens observed at `t_ns` (time.perf_counter_ns); `error` ends the stream."""
+
+    t_ns: int
+    n_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the trial will run on, as far as feasibility checks need to know."""
+
+    gpu_count: int = 0
+    gpu_names: tuple[str, ...] = ()
+    gpu_memory_bytes: tuple[int, ...] = ()
+    compute_capability: tuple[int, int] | None = None
+    cpu: str = field(default_factory=platform.processor)
+
+    @classmethod
+    def detect(cls) -> "Hardware":
+        """Probe GPUs through NVML; a machine without NVML reports zero GPUs."""
+        try:
+            import pynvml
+        except ImportError:
+            return cls()
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            return cls()
+        try:
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            names = tuple(_text(pynvml.nvmlDeviceGetName(h)) for h in handles)
+            mems = tuple(int(pynvml.nvmlDeviceGetMemoryInfo(h).total) for h in handles)
+            cc = pynvml.nvmlDeviceGetCudaComputeCapability(handles[0]) if handles else None
+            return cls(gpu_count=len(handles), gpu_names=names, gpu_memory_bytes=mems,
+                       compute_capability=tuple(cc) if cc else None)
+        finally:
+            pynvml.nvmlShutdown()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EngineConfig(BaseModel):
+    """Base of every adapter's config: the tuner's knobs plus engine-specific params; unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Engine(abc.ABC):
+    """A running engine. Safe to call `stream` concurrently from one asyncio event loop."""
+
+    #: What prompts are made of; workloads draw synthetic token ids from it.
+    token_space: TokenSpace
+
+    @abc.abstractmethod
+    def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
+        """Send `request`; yield its output-token events until it ends (see module docstring)."""
+
+    def log_lines(self) -> list[str]:
+        """Engine-side log lines worth keeping in `engine.log` (default: none)."""
+        return []
+
+
+class EngineAdapter(abc.ABC):
+    """Builds or launches one kind of engine. Stateless: one instance may start many engines in turn."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[EngineConfig]]
+
+    def check(self, config: EngineConfig, hardware: Hardware) -> str | None:
+        """Return why `config` cannot run on `hardware`, or None if it may be launched."""
+        return None
+
+    @abc.abstractmethod
+    def start(self, config: EngineConfig) -> contextlib.AbstractAsyncContextManager[Engine]:
+        """Async context manager yielding a ready Engine; leaving it frees all engine resources."""
+
+    @abc.abstractmethod
+    def fingerprint(self, config: EngineConfig) -> dict:
+        """Engine name and version, model identity, device and driver: what the numbers were measured on."""

@@ -1,0 +1,223 @@
+"""A deterministic simulated engine (MOCK: its numbers describe a service model, not hardware).
+
+The service model is iteration-level batching as in real LLM servers: each step serves at most
+`max_batch_size` admitted requests; decoding requests get one token per step, the remaining
+`max_num_tokens` budget prefills waiting prompts (chunked). A step takes
+`step_ms + decode_ms_per_seq * decoding + prefill_ms_per_token * prefilled_tokens`.
+A request is admitted only when its whole sequence (prompt + max output) fits in the KV cache,
+whose size is `kv_cache_fraction * kv_pool_tokens`.
+
+`ServiceModel` holds the pure scheduling logic; `MockEngine` runs it in real time on the event
+loop, and `simulate` runs it in virtual time so tests can compute the true answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal
+
+from pydantic import Field
+
+from engine_adapters.base import Engine, EngineAdapter, EngineConfig, Hardware, StreamEvent
+from workloads import RequestSpec, TokenSpace
+
+
+class MockConfig(EngineConfig):
+    model: str = "mock"
+    max_batch_size: int = Field(8, ge=1)
+    max_num_tokens: int = Field(2048, ge=1)
+    kv_cache_fraction: float = Field(0.9, gt=0, le=1)
+    quantization: Literal["none", "fp8", "int8"] = "none"
+    kv_pool_tokens: int = Field(1_000_000, ge=1, description="KV capacity in tokens at fraction 1.0")
+    step_ms: float = Field(2.0, ge=0)
+    decode_ms_per_seq: float = Field(0.2, ge=0)
+    prefill_ms_per_token: float = Field(0.01, ge=0)
+    quantization_speedup: float = Field(1.5, gt=0, description="step-time divisor when quantized")
+    vocab_size: int = Field(1000, ge=2)
+    fail_every_n: int | None = Field(None, ge=1, description="every n-th request ends with an error")
+    start_error: str | None = Field(None, description="raise this message when the engine starts")
+    start_delay_s: float = Field(0.0, ge=0, description="sleep this long while starting")
+
+    def kv_capacity_tokens(self) -> int:
+        return int(self.kv_cache_fraction * self.kv_pool_tokens)
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    prompt_tokens: int
+    output_tokens: int
+    prefilled: int = 0
+    generated: int = 0
+
+    @property
+    def footprint(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass
+class ServiceModel:
+    """Pure iteration-level scheduler: `add` requests, then `step()` until `idle`."""
+
+    config: MockConfig
+    waiting: deque = field(default_factory=deque)
+    running: list = field(default_factory=list)
+    kv_used: int = 0
+
+    def add(self, request_id: str, prompt_tokens: int, output_tokens: int) -> str | None:
+        """Queue a request; return an error instead if it can never fit in the KV cache."""
+        seq = _Seq(request_id, prompt_tokens, output_tokens)
+        if seq.footprint > self.config.kv_capacity_tokens():
+            return (f"sequence of {seq.footprint} tokens exceeds KV cache capacity of "
+                    f"{self.config.kv_capacity_tokens()} tokens")
+        self.waiting.append(seq)
+        return None
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def step(self) -> tuple[float, dict[str, int], list[str]]:
+        """Run one iteration: (duration_s, tokens emitted per request id, ids finished)."""
+        cfg = self.config
+        while (self.waiting and len(self.running) < cfg.max_batch_size
+               and self.kv_used + self.waiting[0].footprint <= cfg.kv_capacity_tokens()):
+            seq = self.waiting.popleft()
+            self.kv_used += seq.footprint
+            self.running.append(seq)
+        decoding = [s for s in self.running if s.prefilled == s.prompt_tokens]
+        budget = max(cfg.max_num_tokens - len(decoding), 0)
+        prefill_tokens, emitted = 0, {}
+        for s in self.running:
+            if s.prefilled < s.prompt_tokens and budget > 0:
+                chunk = min(budget, s.prompt_tokens - s.prefilled)
+                s.prefilled += chunk
+                budget -= chunk
+                prefill_tokens += chunk
+                if s.prefilled == s.prompt_tokens:
+                    emitted[s.request_id] = 1  # the first token comes out of the last prefill chunk
+        for s in decoding:
+            emitted[s.request_id] = 1
+        duration_ms = cfg.step_ms + cfg.decode_ms_per_seq * len(decoding) + cfg.prefill_ms_per_token * prefill_tokens
+        if cfg.quantization != "none":
+            duration_ms /= cfg.quantization_speedup
+        finished = []
+        for s in self.running:
+            s.generated += emitted.get(s.request_id, 0)
+            if s.generated >= s.output_tokens:
+                finished.append(s.request_id)
+                self.kv_used -= s.footprint
+        self.running = [s for s in self.running if s.generated < s.output_tokens]
+        return duration_ms / 1000.0, emitted, finished
+
+
+def simulate(config: MockConfig, requests: list[tuple[float, int, int]]) -> list[tuple[float, float]]:
+    """Virtual-time run of `(arrival_s, prompt_tokens, output_tokens)` requests.
+
+    Returns `(first_token_s, end_s)` per request, in input order: the exact answer the real-time
+    engine approximates when the client sends at the arrival times.
+    """
+    model = ServiceModel(config)
+    order = sorted(range(len(requests)), key=lambda i: requests[i][0])
+    first, end = [None] * len(requests), [None] * len(requests)
+    now, k = 0.0, 0
+    while k < len(order) or not model.idle:
+        if model.idle and k < len(order):
+            now = max(now, requests[order[k]][0])
+        while k < len(order) and requests[order[k]][0] <= now:
+            i = order[k]
+            model.add(str(i), requests[i][1], requests[i][2])
+            k += 1
+        duration, emitted, finished = model.step()
+        now += duration
+        for rid in emitted:
+            if first[int(rid)] is None:
+                first[int(rid)] = now
+        for rid in finished:
+            end[int(rid)] = now
+    return list(zip(first, end))
+
+
+class MockEngine(Engine):
+    """Runs the service model in real time on the running event loop."""
+
+    def __init__(self, config: MockConfig):
+        self.config = config
+        self.token_space = TokenSpace(vocab_size=config.vocab_size)
+        self._model = ServiceModel(config)
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._wake = asyncio.Event()
+        self._count = 0
+        self._loop_task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        next_start = time.perf_counter()
+        while True:
+            if self._model.idle:
+                self._wake.clear()
+                await self._wake.wait()
+                next_start = time.perf_counter()
+            duration, emitted, finished = self._model.step()
+            step_end = max(next_start, time.perf_counter() - 0.001) + duration
+            await asyncio.sleep(max(step_end - time.perf_counter(), 0))
+            next_start = step_end
+            t_ns = time.perf_counter_ns()
+            for rid, n in emitted.items():
+                if rid in self._queues:  # a client that gave up has no queue left
+                    self._queues[rid].put_nowait(StreamEvent(t_ns, n))
+            for rid in finished:
+                if rid in self._queues:
+                    self._queues[rid].put_nowait(None)
+
+    async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
+        self._count += 1
+        if self.config.fail_every_n and self._count % self.config.fail_every_n == 0:
+            yield StreamEvent(time.perf_counter_ns(), error="mock: injected failure")
+            return
+        prompt = request.input_tokens if request.input_tokens is not None else len(request.prompt_text.split())
+        rid = f"{request.id}#{self._count}"
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[rid] = queue
+        try:
+            error = self._model.add(rid, prompt, request.max_output_tokens)
+            if error:
+                yield StreamEvent(time.perf_counter_ns(), error=error)
+                return
+            self._wake.set()
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            del self._queues[rid]
+
+
+class MockAdapter(EngineAdapter):
+    kind = "mock"
+    Config = MockConfig
+
+    def check(self, config: MockConfig, hardware: Hardware) -> str | None:
+        if config.max_num_tokens < config.max_batch_size:
+            return (f"max_num_tokens ({config.max_num_tokens}) < max_batch_size ({config.max_batch_size}): "
+                    "a full batch of decodes would not fit in one step")
+        return None
+
+    @contextlib.asynccontextmanager
+    async def start(self, config: MockConfig):
+        if config.start_delay_s:
+            await asyncio.sleep(config.start_delay_s)
+        if config.start_error:
+            raise RuntimeError(config.start_error)
+        engine = MockEngine(config)
+        engine._loop_task = asyncio.create_task(engine._run())
+        try:
+            yield engine
+        finally:
+            engine._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await engine._loop_task
+
+    def fingerprint(self, config: MockConfig) -> dict:
+        return {"engine": "mock", "engine_version": "service-model-1", "simulated": True,
+                "model": config.model, "device": "simulated (no hardware measured)"}

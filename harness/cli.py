@@ -1,0 +1,183 @@
+"""`harness` command line: tune, bench, report. Exit codes: 0 ok, 1 failure/SLO miss where asked, 2 bad input."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.config import ExperimentConfig, load_config
+from harness.errors import ConfigError, HarnessError
+from harness.store import RunDir, TrialFiles, read_json, write_yaml
+from harness.tuner import TrialOutcome, Tuner, run_trial_process
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark and autotune LLM inference engines.")
+console = Console(stderr=True)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path("runs") / cfg.name
+
+
+@app.command()
+def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
+         run_dir: Optional[Path] = typer.Option(None, help="where the study lives (default runs/<name>)"),
+         storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the run dir)"),
+         trials: Optional[int] = typer.Option(None, help="override search.trials")) -> None:
+    """Search engine configs for the best objective under the SLOs; re-running resumes the study."""
+    cfg = load_config(config)
+    if trials is not None and cfg.search is not None:
+        cfg.search.trials = trials
+    rdir = RunDir(run_dir or _default_run_dir(cfg))
+    tuner = Tuner(cfg, rdir, config_dir=config.parent, storage=storage)
+    already = tuner.finished()
+    console.print(f"[bold]harness tune[/] {cfg.name}: engine [cyan]{cfg.engine.kind}[/] model "
+                  f"[cyan]{cfg.engine.model or '-'}[/], space {tuner.space.name}, objective {cfg.search.objective}, "
+                  f"{cfg.search.trials} trials -> {rdir.path}")
+    if already:
+        console.print(f"resuming: {already} trial(s) already finished")
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
+
+    def on_start(number: int, params: dict) -> None:
+        progress.update(task, description=f"trial {number}: {_params(params)}")
+
+    def on_end(o: TrialOutcome) -> None:
+        progress.update(task, completed=tuner.finished())
+        if o.state == "complete":
+            progress.console.print(f"  trial {o.number} [green]complete[/] {cfg.search.objective.split()[1]}="
+                                   f"{_fmt(o.value)} ({o.duration_s:.0f} s) {_params(o.params)}")
+        else:
+            colour = "yellow" if o.state == "infeasible" else "red"
+            progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {o.reason}")
+
+    with progress:
+        task = progress.add_task("tuning", total=cfg.search.trials, completed=already)
+        try:
+            tuner.run(on_start, on_end)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: finished trials are saved; run the same command to resume")
+            _write_outputs(rdir, storage)
+            raise typer.Exit(130)
+    _write_outputs(rdir, storage)
+
+
+def _params(params: dict) -> str:
+    return " ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def _write_outputs(rdir: RunDir, storage: str | None) -> None:
+    from harness.summary import load_study
+    from reports import render_study_report, write_recommended
+
+    summary = load_study(rdir, storage)
+    rdir.report.write_text(render_study_report(summary))
+    has_best = write_recommended(summary, rdir.recommended)
+    if not has_best:
+        rdir.recommended.unlink(missing_ok=True)
+    _print_summary(summary)
+    console.print(f"report: {rdir.report}")
+    if has_best:
+        console.print(f"recommended config: {rdir.recommended}")
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"{summary.name}: {len(summary.completed)} of {len(summary.trials)} trials completed")
+    for col in ("trial", "state", "objective", "ttft p95 ms", "tpot p95 ms", "out tok/s", "SLO", "params / reason"):
+        table.add_column(col)
+    for t in summary.trials:
+        d = t.result["distributions"] if t.result else {}
+        s = t.result["scalars"] if t.result else {}
+        mark = " [bold green]<- best[/]" if summary.best is t else ""
+        table.add_row(str(t.number), t.state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
+                      _fmt(d.get("tpot_ms", {}).get("p95")), _fmt(s.get("output_throughput_tok_s")),
+                      ("pass" if t.slo_pass else "miss") if t.result else "-",
+                      (_params(t.params) if t.state == "complete" else (t.reason or "")) + mark)
+    console.print(table)
+    if summary.best is None:
+        console.print("[red]no trial met the SLOs[/]" + (f"; closest miss: trial {summary.closest_miss.number}"
+                                                         if summary.closest_miss else ""))
+    if summary.simulated:
+        console.print("[yellow]SIMULATED engine: numbers describe a service model, not hardware[/]")
+
+
+@app.command()
+def bench(config: Path = typer.Argument(..., help="experiment config YAML (its search section is ignored)"),
+          out: Optional[Path] = typer.Option(None, help="output directory (default runs/<name>/bench)"),
+          timeout_s: float = typer.Option(1800.0, help="kill the run after this many seconds"),
+          fail_on_slo: bool = typer.Option(False, help="exit 1 when an SLO is missed")) -> None:
+    """Measure one engine config on one workload (no search) and write result.json and report.html."""
+    cfg = load_config(config)
+    out_dir = out or _default_run_dir(cfg) / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.LOG):
+        (out_dir / name).unlink(missing_ok=True)
+    write_yaml(out_dir / TrialFiles.CONFIG, cfg.model_dump(mode="json", exclude={"search"}))
+    with console.status(f"benchmarking {cfg.name} on {cfg.engine.kind} (log: {out_dir / TrialFiles.LOG})"):
+        state, reason = run_trial_process(out_dir, timeout_s)
+    if state != "complete":
+        raise HarnessError(f"bench {state}: {reason}")
+    result = read_json(out_dir / TrialFiles.RESULT)
+    _write_run_report(out_dir, result)
+    d, s = result["distributions"], result["scalars"]
+    console.print(f"completed {result['counts']['completed']}, failed {result['counts']['failed']}; "
+                  f"ttft p95 {_fmt(d['ttft_ms']['p95'])} ms, tpot p95 {_fmt(d['tpot_ms']['p95'])} ms, "
+                  f"output {_fmt(s['output_throughput_tok_s'])} tok/s, goodput {_fmt(s['goodput_req_s'])} req/s, "
+                  f"SLO {'pass' if result['slo_pass'] else 'MISS'}")
+    if result["simulated"]:
+        console.print("[yellow]SIMULATED engine: numbers describe a service model, not hardware[/]")
+    console.print(f"report: {out_dir / 'report.html'}")
+    if fail_on_slo and not result["slo_pass"]:
+        raise typer.Exit(1)
+
+
+def _write_run_report(out_dir: Path, result: dict) -> None:
+    from harness.records import read_records
+    from reports import render_run_report
+
+    records = read_records(out_dir / TrialFiles.RECORDS)
+    (out_dir / "report.html").write_text(render_run_report(result, records, title=f"{result['name']}: bench"))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory written by tune or bench"),
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL if not the run dir's SQLite")) -> None:
+    """(Re)write report.html (and recommended.yaml for a study) from a run directory."""
+    rdir = RunDir(run_dir)
+    if (run_dir / TrialFiles.RESULT).exists():
+        _write_run_report(run_dir, read_json(run_dir / TrialFiles.RESULT))
+        console.print(f"report: {run_dir / 'report.html'}")
+    elif rdir.study_db.exists() or storage:
+        _write_outputs(rdir, storage)
+    else:
+        raise ConfigError(f"{run_dir}: no study.db and no result.json: not a run directory")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HarnessError as exc:
+        console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,177 @@
+"""The experiment config file (DESIGN.md section 5): loading, validation and error messages.
+
+Every field is validated and unknown keys are rejected; errors become `ConfigError`s naming the
+file and the dotted path of the bad field (or the YAML line for syntax errors).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine_adapters import EngineConfig, adapter_kinds, get_adapter
+from harness.errors import ConfigError
+from harness.metrics import METRICS, STATISTICS, SloLimit
+from workloads import CATALOG_DIR, WorkloadConfig, catalog_names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSpec(_Strict):
+    """Which engine, which model, and fixed engine params (the tuner overlays its knobs on these)."""
+
+    kind: str
+    model: str | None = None
+    params: dict = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in adapter_kinds():
+            raise ValueError(f"unknown engine kind {v!r}; known: {', '.join(adapter_kinds())}")
+        return v
+
+    @model_validator(mode="after")
+    def _params_valid(self):
+        try:
+            self.resolve()
+        except ValidationError as err:
+            problems = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: "
+                                 f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+                                 for e in err.errors())
+            raise ValueError(problems) from None
+        return self
+
+    def resolve(self, overrides: dict | None = None) -> EngineConfig:
+        """The adapter's validated config: model + params + `overrides` (tuned knobs win)."""
+        fields = {**self.params, **(overrides or {})}
+        if self.model is not None:
+            fields["model"] = self.model
+        return get_adapter(self.kind).Config(**fields)
+
+
+class RunnerSpec(_Strict):
+    request_timeout_s: float = Field(300.0, gt=0)
+    preflight: bool = True
+
+
+class SearchSpec(_Strict):
+    space: str = Field(description="bundled space name or path to a space YAML")
+    trials: int = Field(12, ge=1)
+    objective: str = "maximize goodput_req_s"
+    trial_timeout_s: float = Field(900.0, gt=0, description="a trial running longer is killed and recorded as failed")
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: str) -> str:
+        parse_objective(v)
+        return v
+
+
+def parse_objective(text: str) -> tuple[str, str, str | None]:
+    """'maximize goodput_req_s' or 'minimize ttft_ms.p95' -> (direction, metric, statistic or None)."""
+    parts = text.split()
+    if len(parts) != 2 or parts[0] not in ("maximize", "minimize"):
+        raise ValueError(f"objective must be 'maximize METRIC' or 'minimize METRIC[.STAT]', got {text!r}")
+    direction, target = parts
+    metric, _, stat = target.partition(".")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    if METRICS[metric].kind == "distribution":
+        if stat not in STATISTICS:
+            raise ValueError(f"{metric} is a distribution: name a statistic, e.g. {metric}.p95 ({', '.join(STATISTICS)})")
+    elif stat:
+        raise ValueError(f"{metric} is a single number; drop '.{stat}'")
+    return direction, metric, stat or None
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    engine: EngineSpec
+    workload: WorkloadConfig
+    slo: dict[str, dict[str, float]] = Field(default_factory=dict)
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="a run failing more requests than this misses its SLO")
+    runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    search: SearchSpec | None = None
+
+    @field_validator("workload", mode="before")
+    @classmethod
+    def _catalog(cls, v):
+        if isinstance(v, str):
+            if v not in catalog_names():
+                raise ValueError(f"unknown bundled workload {v!r}; known: {', '.join(catalog_names())}")
+            return yaml.safe_load((CATALOG_DIR / f"{v}.yaml").read_text())
+        return v
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: dict) -> dict:
+        for metric, stats in v.items():
+            if metric not in METRICS or METRICS[metric].kind != "distribution":
+                known = [m for m, d in METRICS.items() if d.kind == "distribution"]
+                raise ValueError(f"unknown SLO metric {metric!r}; known: {', '.join(known)}")
+            for stat, limit in stats.items():
+                if stat not in STATISTICS:
+                    raise ValueError(f"{metric}: unknown statistic {stat!r}; known: {', '.join(STATISTICS)}")
+                if limit <= 0:
+                    raise ValueError(f"{metric}.{stat}: limit must be > 0")
+        return v
+
+    def slo_limits(self) -> list[SloLimit]:
+        return [SloLimit(m, s, float(lim)) for m, stats in self.slo.items() for s, lim in stats.items()]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that defines the study except the trial budget (resume must match it)."""
+        data = self.model_dump(mode="json")
+        if data.get("search"):
+            data["search"].pop("trials", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: Path) -> object:
+    """Parse a YAML file; syntax errors become ConfigError with file and line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_config(path: Path | str) -> ExperimentConfig:
+    """Read and validate an experiment config file."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_config(data, str(path))
+
+
+def parse_config(data: dict, source: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None

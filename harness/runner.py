@@ -1,0 +1,117 @@
+"""The load generator: sends requests to an engine on schedule and records what happened.
+
+Open loop: each request is dispatched at its scheduled time whatever the engine is doing, and
+latency is measured from that time, so queueing anywhere (client cap, engine queue) counts
+against the engine instead of vanishing (no coordinated omission). Closed loop: `concurrency`
+clients each send their next request when the previous one ends; latency runs from the send.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+from engine_adapters import Engine
+from harness.errors import PreflightError
+from harness.records import RequestRecord
+from workloads import RequestSpec
+
+OnDone = Callable[[RequestRecord], None]
+
+# The first open-loop request is scheduled this long after t0, so set-up cost is not counted as lag.
+_START_LEAD_NS = 20_000_000
+
+
+async def preflight(engine: Engine, request: RequestSpec, timeout_s: float) -> None:
+    """Send one short request before measuring; raise PreflightError saying what to fix if it fails."""
+    probe = dataclasses.replace(request, id="preflight", max_output_tokens=min(request.max_output_tokens, 4),
+                                scheduled_offset_s=None)
+    record = RequestRecord(id=probe.id, phase="warmup", expected_output_tokens=probe.max_output_tokens,
+                           input_tokens=probe.input_tokens)
+    await _send(engine, probe, record, time.perf_counter_ns(), timeout_s)
+    if not record.ok:
+        raise PreflightError(
+            f"preflight request failed before measuring: {record.error}. The engine started but cannot serve "
+            "a request of this workload: check the engine log, the model path and that the prompt/output "
+            "lengths fit the engine's limits (max sequence length, KV cache size).")
+    if record.output_tokens == 0:
+        raise PreflightError("preflight request returned no output tokens: the engine answers but streams "
+                             "nothing; check that streaming is supported and the output length is honoured.")
+
+
+async def _send(engine: Engine, spec: RequestSpec, record: RequestRecord, t0_ns: int, timeout_s: float) -> None:
+    """Stream one request into `record` (times relative to t0); failures are stored, never raised."""
+    record.sent_ns = time.perf_counter_ns() - t0_ns
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for event in engine.stream(spec):
+                if event.n_tokens:
+                    record.add_chunk(event.t_ns - t0_ns, event.n_tokens)
+                if event.error is not None:
+                    record.error = event.error
+                    break
+    except TimeoutError:
+        record.error = f"timeout: no end of stream within {timeout_s:g} s"
+    except Exception as exc:  # an adapter bug must not stop the run; keep it on the record
+        record.error = f"engine raised {type(exc).__name__}: {exc}"
+    record.end_ns = time.perf_counter_ns() - t0_ns
+
+
+def _phase(index: int, n: int, warmup: int, cooldown: int) -> str:
+    if index < warmup:
+        return "warmup"
+    if index >= n - cooldown:
+        return "cooldown"
+    return "measured"
+
+
+async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int | None = None,
+              max_concurrency: int | None = None, warmup: int = 0, cooldown: int = 0,
+              request_timeout_s: float = 600.0, on_done: OnDone | None = None) -> tuple[list[RequestRecord], int]:
+    """Send `specs` and return (records in send order, t0 as absolute perf_counter_ns).
+
+    `concurrency` set means closed loop (specs must have no scheduled offsets); otherwise each
+    spec's `scheduled_offset_s` is honoured and `max_concurrency` optionally caps requests in flight
+    on the client side (time spent waiting for a slot shows up as queue_ms).
+    """
+    n = len(specs)
+    records = [RequestRecord(id=s.id, phase=_phase(i, n, warmup, cooldown), expected_output_tokens=s.max_output_tokens,
+                             input_tokens=s.input_tokens) for i, s in enumerate(specs)]
+
+    async def send(i: int, t0: int, slots: asyncio.Semaphore | None) -> None:
+        if slots is None:
+            await _send(engine, specs[i], records[i], t0, request_timeout_s)
+        else:
+            async with slots:
+                await _send(engine, specs[i], records[i], t0, request_timeout_s)
+        if on_done:
+            on_done(records[i])
+
+    if concurrency is not None:
+        t0 = time.perf_counter_ns()
+        next_index = iter(range(n))
+
+        async def client() -> None:
+            for i in next_index:
+                records[i].dispatched_ns = time.perf_counter_ns() - t0
+                await send(i, t0, None)
+
+        await asyncio.gather(*(client() for _ in range(min(concurrency, n))))
+        return records, t0
+
+    t0 = time.perf_counter_ns() + _START_LEAD_NS
+    slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+    tasks = []
+    for i, spec in enumerate(specs):
+        if spec.scheduled_offset_s is None:
+            raise ValueError(f"request {spec.id} has no scheduled time in an open-loop run")
+        scheduled = int(spec.scheduled_offset_s * 1e9)
+        records[i].scheduled_ns = scheduled
+        delay_ns = t0 + scheduled - time.perf_counter_ns()
+        if delay_ns > 0:
+            await asyncio.sleep(delay_ns / 1e9)
+        records[i].dispatched_ns = time.perf_counter_ns() - t0
+        tasks.append(asyncio.create_task(send(i, t0, slots)))
+    await asyncio.gather(*tasks)
+    return records, t0

@@ -1,0 +1,128 @@
+"""One measurement: start the engine from a config, run the workload, write the trial files.
+
+Runs in its own process (`python -m harness.trial TRIAL_DIR`), so a crash, an OOM or a hang ends
+only this trial. Contract with the parent: `config.yaml` is read; on success `records.jsonl`,
+optionally `telemetry.csv`, and last `result.json` are written; on a handled failure
+`failure.json` {kind: infeasible|preflight|error, reason} is written and the exit code is non-zero.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine_adapters import Hardware, get_adapter
+from harness import __version__
+from harness.config import ExperimentConfig, load_config
+from harness.errors import HarnessError, PreflightError
+from harness.metrics import compute
+from harness.records import RequestRecord, write_records
+from harness.runner import preflight, run
+from harness.store import SCHEMA_VERSION, TrialFiles, write_json
+from harness.telemetry import TelemetrySampler, driver_info, energy_per_output_token_j
+from workloads import Closed
+
+
+class Infeasible(HarnessError):
+    """The adapter's check says this config cannot run on this hardware."""
+
+
+def environment_fingerprint() -> dict:
+    return {"harness_version": __version__, "python": platform.python_version(),
+            "platform": platform.platform(), "hostname": platform.node(), "nvml": driver_info()}
+
+
+def _log(msg: str) -> None:
+    print(f"[harness {dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
+    """Run `cfg` once and write the trial files into `out_dir`; return the result dict."""
+    adapter = get_adapter(cfg.engine.kind)
+    engine_cfg = cfg.engine.resolve()
+    reason = adapter.check(engine_cfg, Hardware.detect())
+    if reason:
+        raise Infeasible(reason)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    t_start = time.perf_counter()
+    _log(f"starting {cfg.engine.kind} engine: {engine_cfg.model_dump()}")
+    async with adapter.start(engine_cfg) as engine:
+        engine_start_s = time.perf_counter() - t_start
+        _log(f"engine ready in {engine_start_s:.2f} s")
+        for line in engine.log_lines():
+            _log(line)
+        specs = list(cfg.workload.generate(engine.token_space))
+        if cfg.runner.preflight:
+            await preflight(engine, specs[0], cfg.runner.request_timeout_s)
+            _log("preflight request ok")
+        arrival = cfg.workload.arrival
+        done = 0
+
+        def on_done(record: RequestRecord) -> None:
+            nonlocal done
+            done += 1
+            if done % max(len(specs) // 10, 1) == 0 or done == len(specs):
+                _log(f"{done}/{len(specs)} requests done")
+
+        with TelemetrySampler() as telemetry:
+            records, _ = await run(
+                engine, specs,
+                concurrency=arrival.concurrency if isinstance(arrival, Closed) else None,
+                max_concurrency=None if isinstance(arrival, Closed) else arrival.max_concurrency,
+                warmup=cfg.workload.warmup_requests, cooldown=cfg.workload.cooldown_requests,
+                request_timeout_s=cfg.runner.request_timeout_s, on_done=on_done)
+    metrics = compute(records, cfg.slo_limits())
+    telemetry_summary = telemetry.summary()
+    out_tokens = sum(r.output_tokens for r in records if r.phase == "measured" and r.ok)
+    telemetry_summary["energy_per_output_token_j"] = energy_per_output_token_j(telemetry_summary, out_tokens)
+    fingerprint = {**environment_fingerprint(), "engine": adapter.fingerprint(engine_cfg)}
+    error_rate = metrics["scalars"]["error_rate"] or 0.0
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "harness.run_result",
+        "name": cfg.name,
+        "simulated": bool(fingerprint["engine"].get("simulated")),
+        "engine": {"kind": cfg.engine.kind, "config": engine_cfg.model_dump(mode="json")},
+        "workload": cfg.workload.model_dump(mode="json"),
+        "slo": cfg.slo, "max_error_rate": cfg.max_error_rate,
+        "fingerprint": fingerprint,
+        "started_at": started_at.isoformat(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "engine_start_s": engine_start_s,
+        **metrics,
+        "slo_pass": all(c["pass"] for c in metrics["slo"]) and error_rate <= cfg.max_error_rate,
+        "telemetry": telemetry_summary,
+    }
+    write_records(out_dir / TrialFiles.RECORDS, records)
+    telemetry.write_csv(out_dir / TrialFiles.TELEMETRY)
+    write_json(out_dir / TrialFiles.RESULT, result)
+    return result
+
+
+def main(trial_dir: str) -> int:
+    out = Path(trial_dir)
+    try:
+        cfg = load_config(out / TrialFiles.CONFIG)
+        result = asyncio.run(measure(cfg, out))
+    except Infeasible as exc:
+        kind, reason = "infeasible", str(exc)
+    except PreflightError as exc:
+        kind, reason = "preflight", str(exc)
+    except BaseException as exc:  # record anything, including KeyboardInterrupt, before dying
+        kind, reason = "error", f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    else:
+        c = result["counts"]
+        _log(f"done: {c['completed']} completed, {c['failed']} failed, window {result['window']['duration_s']:.2f} s")
+        return 0
+    _log(f"trial failed ({kind}): {reason}")
+    write_json(out / TrialFiles.FAILURE, {"kind": kind, "reason": reason})
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,226 @@
+"""The Optuna study: ask for a config, run it as a subprocess trial, tell the result.
+
+Trial states: COMPLETE (measured; objective = the metric, SLO misses are constraint violations),
+PRUNED (infeasible: broke a space rule or the adapter's check; never launched, or refused by the
+engine's own check), FAIL (the engine raised, crashed, failed preflight or exceeded
+`trial_timeout_s`; reason recorded). The study lives in SQLite in the run dir (or `--storage`);
+running the same command again resumes it: finished trials are kept, a trial cut off by a kill
+or Ctrl-C is marked failed ("interrupted") and its params are queued to run again.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from engine_adapters import Hardware, get_adapter
+from harness.config import ExperimentConfig, parse_objective
+from harness.errors import ConfigError
+from harness.store import RunDir, TrialFiles, read_json, write_yaml
+from search_spaces import SearchSpace, SpaceError, load_space
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+_KILL_GRACE_S = 5.0
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # complete | failed | infeasible
+    params: dict
+    value: float | None = None
+    reason: str | None = None
+    duration_s: float = 0.0
+
+
+def objective_value(result: dict, objective: str) -> float | None:
+    """The objective's value in a result dict, or None when it is undefined (e.g. no completed request)."""
+    _, metric, stat = parse_objective(objective)
+    value = result["distributions"][metric][stat] if stat else result["scalars"][metric]
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def constraint_violations(result: dict) -> list[float]:
+    """One number per SLO (and the error-rate limit): <= 0 when met, else the relative excess."""
+    out = []
+    for check in result["slo"]:
+        measured = check["measured"]
+        out.append(1.0 if measured is None else (measured - check["limit"]) / check["limit"])
+    out.append((result["scalars"]["error_rate"] or 0.0) - result["max_error_rate"])
+    return out
+
+
+def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
+    return frozen.user_attrs.get("constraints", [1.0])
+
+
+def run_trial_process(trial_dir: Path, timeout_s: float) -> tuple[str, str | None]:
+    """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
+
+    The child gets its own process group so a timeout or Ctrl-C kills the engine with it.
+    """
+    with (trial_dir / TrialFiles.LOG).open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
+        except BaseException:
+            _kill_group(proc)
+            raise
+    if (trial_dir / TrialFiles.RESULT).exists():
+        return "complete", None
+    failure = read_json(trial_dir / TrialFiles.FAILURE)
+    if failure:
+        return ("infeasible" if failure["kind"] == "infeasible" else "failed"), failure["reason"]
+    tail = _log_tail(trial_dir / TrialFiles.LOG)
+    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return "failed", f"trial process {how} without a result" + (f"; log ends: {tail}" if tail else "")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(text[-lines:])[-500:]
+
+
+class Tuner:
+    """Drives one study for one experiment config in one run dir."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: RunDir, *, config_dir: Path, storage: str | None = None,
+                 hardware: Hardware | None = None):
+        if cfg.search is None:
+            raise ConfigError("config has no `search:` section; `harness tune` needs one (or use `harness bench`)")
+        try:
+            self.space: SearchSpace = load_space(cfg.search.space, base_dir=config_dir)
+        except SpaceError as exc:
+            raise ConfigError(f"search.space: {exc}") from None
+        if self.space.engine != cfg.engine.kind:
+            raise ConfigError(f"search.space: space {self.space.name!r} is for engine {self.space.engine!r}, "
+                              f"but engine.kind is {cfg.engine.kind!r}")
+        self.cfg, self.run_dir = cfg, run_dir
+        self.hardware = hardware or Hardware.detect()
+        self.adapter = get_adapter(cfg.engine.kind)
+        direction, _, _ = parse_objective(cfg.search.objective)
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed, constraints_func=_constraints,
+                                              n_startup_trials=min(5, max(cfg.search.trials // 3, 1)))
+                   if cfg.search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=cfg.search.seed))
+        self.study = optuna.create_study(study_name=cfg.name, storage=storage or run_dir.storage_url(),
+                                         sampler=sampler, direction=direction, load_if_exists=True)
+        self._check_same_experiment()
+
+    def _check_same_experiment(self) -> None:
+        fp = self.cfg.fingerprint()
+        stored = self.study.user_attrs.get("config_fingerprint")
+        if stored is None:
+            self.study.set_user_attr("config_fingerprint", fp)
+            self.study.set_user_attr("config", self.cfg.model_dump(mode="json"))
+        elif stored != fp:
+            raise ConfigError(f"{self.run_dir.path}: holds a study of a different config (only search.trials may "
+                              "change between runs); pass --run-dir for a new study or delete the directory")
+
+    def _recover_interrupted(self) -> None:
+        """Mark trials left RUNNING by a killed process as failed and queue their params again."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            self.study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted: harness was stopped mid-trial")
+            self.study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            self.study.enqueue_trial(t.params, skip_if_exists=False)
+
+    def finished(self) -> int:
+        """Trials that count toward the budget: complete, pruned, or failed for a reason other than interruption."""
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("interrupted"))
+
+    def run(self, on_start: Callable[[int, dict], None] | None = None,
+            on_end: Callable[[TrialOutcome], None] | None = None) -> None:
+        """Run trials until `search.trials` have finished; safe to interrupt and call again."""
+        self._recover_interrupted()
+        while self.finished() < self.cfg.search.trials:
+            trial = self.study.ask()
+            params = self.space.suggest(trial)
+            if on_start:
+                on_start(trial.number, params)
+            t0 = time.monotonic()
+            try:
+                outcome = self._evaluate(trial, params)
+            except BaseException:
+                trial.set_user_attr("reason", "interrupted: harness was stopped mid-trial")
+                trial.set_user_attr("interrupted", True)
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.study.enqueue_trial(params, skip_if_exists=False)
+                raise
+            outcome.duration_s = time.monotonic() - t0
+            if on_end:
+                on_end(outcome)
+
+    def _evaluate(self, trial: optuna.Trial, params: dict) -> TrialOutcome:
+        number = trial.number
+        reason = self.space.broken_rule(params, self.hardware.gpu_count)
+        if reason:
+            reason = f"breaks search-space rule: {reason}"
+        else:
+            try:
+                engine_cfg = self.cfg.engine.resolve(params)
+            except ValueError as exc:
+                engine_cfg, reason = None, f"invalid engine config: {exc}"
+            reason = reason or self.adapter.check(engine_cfg, self.hardware)
+        if reason:
+            trial.set_user_attr("reason", reason)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return TrialOutcome(number, "infeasible", params, reason=reason)
+
+        trial_dir = self.run_dir.trial_dir(number)
+        if trial_dir.exists():  # leftovers of an interrupted attempt with this number
+            for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.RECORDS, TrialFiles.TELEMETRY):
+                (trial_dir / name).unlink(missing_ok=True)
+        trial_cfg = self.cfg.model_dump(mode="json", exclude={"search"})
+        trial_cfg["engine"]["params"] = {**trial_cfg["engine"]["params"], **params}
+        write_yaml(trial_dir / TrialFiles.CONFIG, trial_cfg)
+        state, reason = run_trial_process(trial_dir, self.cfg.search.trial_timeout_s)
+        if state != "complete":
+            trial.set_user_attr("reason", reason)
+            tstate = optuna.trial.TrialState.PRUNED if state == "infeasible" else optuna.trial.TrialState.FAIL
+            self.study.tell(trial, state=tstate)
+            return TrialOutcome(number, state, params, reason=reason)
+        result = read_json(trial_dir / TrialFiles.RESULT)
+        value = objective_value(result, self.cfg.search.objective)
+        trial.set_user_attr("constraints", constraint_violations(result))
+        trial.set_user_attr("slo_pass", result["slo_pass"])
+        if value is None:
+            reason = "objective undefined: no measured request completed"
+            trial.set_user_attr("reason", reason)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return TrialOutcome(number, "failed", params, reason=reason)
+        self.study.tell(trial, value)
+        return TrialOutcome(number, "complete", params, value=value)

@@ -1,0 +1,187 @@
+"""What the tuner may change, per engine: YAML spaces, their Optuna distributions and validity rules.
+
+A space file:
+
+    name: transformers-default
+    engine: transformers
+    params:
+      max_batch_size: {type: int, low: 1, high: 32, log: true}
+      dtype: {type: categorical, choices: [float32, bfloat16]}
+    rules:
+      - max_num_tokens >= max_batch_size
+
+Rules are arithmetic comparisons over param names, numbers and `gpus` (the GPU count);
+a sampled point breaking a rule is infeasible and never launched. Imports neither the harness
+nor any engine.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPACES_DIR = Path(__file__).parent
+
+
+class SpaceError(ValueError):
+    """A search space file is invalid; the message names the file and field."""
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+    def suggest(self, trial, name):
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+    def suggest(self, trial, name):
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Union[str, int, float, bool]] = Field(min_length=1)
+
+    def suggest(self, trial, name):
+        return trial.suggest_categorical(name, self.choices)
+
+
+Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+        ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A comparison such as `tp * pp <= gpus`, parsed once and evaluated safely (no eval)."""
+
+    text: str
+    tree: ast.Expression
+
+    @classmethod
+    def parse(cls, text: str, names: set[str]) -> "Rule":
+        try:
+            tree = ast.parse(text, mode="eval")
+        except SyntaxError as exc:
+            raise ValueError(f"rule {text!r}: {exc.msg}") from None
+        if not isinstance(tree.body, ast.Compare):
+            raise ValueError(f"rule {text!r}: must be a comparison such as 'a * b <= gpus'")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id not in names:
+                raise ValueError(f"rule {text!r}: unknown name {node.id!r}; known: {', '.join(sorted(names))}")
+            if not isinstance(node, (ast.Expression, ast.Compare, ast.BinOp, ast.Name, ast.Constant, ast.Load,
+                                     *_OPS)):
+                raise ValueError(f"rule {text!r}: only + - * / and comparisons are allowed")
+        return cls(text, tree)
+
+    def holds(self, values: dict[str, Any]) -> bool:
+        def ev(node):
+            if isinstance(node, ast.Expression):
+                return ev(node.body)
+            if isinstance(node, ast.Constant):
+                return node.value
+            if isinstance(node, ast.Name):
+                return values[node.id]
+            if isinstance(node, ast.BinOp):
+                return _OPS[type(node.op)](ev(node.left), ev(node.right))
+            left = ev(node.left)
+            for op, comp in zip(node.ops, node.comparators):
+                right = ev(comp)
+                if not _OPS[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        return bool(ev(self.tree))
+
+
+class _SpaceFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    engine: str
+    description: str = ""
+    params: dict[str, Param] = Field(min_length=1)
+    rules: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    engine: str
+    params: dict[str, Any]
+    rules: tuple[Rule, ...]
+    source: str
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample every param on an Optuna trial (ask interface); returns {name: value}."""
+        return {name: p.suggest(trial, name) for name, p in self.params.items()}
+
+    def broken_rule(self, values: dict[str, Any], gpus: int) -> str | None:
+        """The first rule `values` break (its text), or None when all hold."""
+        env = {**values, "gpus": gpus}
+        return next((r.text for r in self.rules if not r.holds(env)), None)
+
+
+def bundled_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str, base_dir: Path | None = None) -> SearchSpace:
+    """Load a bundled space by name, or a YAML file by path (relative to `base_dir` if given)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise SpaceError(f"unknown search space {name_or_path!r}; bundled: {', '.join(bundled_spaces())}")
+    elif base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: invalid YAML: {exc}") from None
+    try:
+        spec = _SpaceFile.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        raise SpaceError(f"{path}: invalid search space\n  " + "\n  ".join(lines)) from None
+    names = set(spec.params) | {"gpus"}
+    try:
+        rules = tuple(Rule.parse(r, names) for r in spec.rules)
+    except ValueError as exc:
+        raise SpaceError(f"{path}: rules: {exc}") from None
+    return SearchSpace(spec.name, spec.engine, dict(spec.params), rules, str(path))
