@@ -1,0 +1,151 @@
+"""The transformers continuous-batching adapter, against the real engine on CPU with builtin:tiny-llama."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from engine_adapters.base import Hardware, StreamEvent  # noqa: E402
+from engine_adapters.builtin_models import resolve_model  # noqa: E402
+from engine_adapters.transformers_cb import TransformersAdapter, TransformersConfig  # noqa: E402
+from workloads import RequestSpec  # noqa: E402
+
+CPU = Hardware(gpu_count=0, cpu="test")
+
+
+@pytest.fixture(scope="module")
+def harness_cache(tmp_path_factory):
+    """One HARNESS_CACHE for the module, so the builtin model is built once."""
+    path = tmp_path_factory.mktemp("harness_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(path))
+        yield path
+
+
+def _weights_sha(model_dir) -> str:
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_builtin_model_is_cached_and_deterministic(harness_cache, tmp_path, monkeypatch):
+    first = resolve_model("builtin:tiny-llama")
+    assert first == harness_cache / "models" / "tiny-llama-v1"
+    mtime = (first / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model("builtin:tiny-llama") == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    second = resolve_model("builtin:tiny-llama")
+    assert second == tmp_path / "models" / "tiny-llama-v1"
+    assert _weights_sha(second) == _weights_sha(first)
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name != "tiny-llama-v1"]  # no temp dir left
+
+
+def test_unknown_builtin_names_the_known_ones():
+    with pytest.raises(ValueError, match="builtin:tiny-llama"):
+        resolve_model("builtin:nope")
+
+
+def test_missing_local_dir_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        resolve_model(str(missing))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    reason = TransformersAdapter().check(TransformersConfig(model=str(missing)), CPU)
+    assert reason and "no-such-model" in reason
+
+
+def test_check_rejects_infeasible_configs():
+    adapter = TransformersAdapter()
+    assert "no GPU" in adapter.check(TransformersConfig(device="cuda"), CPU)
+    assert "float16" in adapter.check(TransformersConfig(dtype="float16"), CPU)
+    old_gpu = Hardware(gpu_count=1, compute_capability=(7, 5))
+    assert "bfloat16" in adapter.check(TransformersConfig(dtype="bfloat16"), old_gpu)
+    assert adapter.check(TransformersConfig(dtype="float16"), old_gpu) is None
+    assert "holds no" in adapter.check(TransformersConfig(cpu_kv_budget_mib=0.01), CPU)
+    assert adapter.check(TransformersConfig(), CPU) is None
+
+
+def test_kv_capacity_on_cpu_follows_the_budget():
+    adapter = TransformersAdapter()
+    # tiny-llama: 4 layers x 2 KV heads x 64 dims x 4 bytes x 2 (K, V) = 4 KiB per token
+    assert adapter.kv_capacity_tokens(TransformersConfig(cpu_kv_budget_mib=8, kv_cache_fraction=0.5), CPU) == 1024
+    assert adapter.kv_capacity_tokens(TransformersConfig(), Hardware(gpu_count=1)) is None
+
+
+async def _collect(engine, request: RequestSpec) -> list[StreamEvent]:
+    return [event async for event in engine.stream(request)]
+
+
+async def _consume(engine, request: RequestSpec, into: list[StreamEvent]) -> None:
+    async for event in engine.stream(request):
+        into.append(event)
+
+
+@pytest.mark.slow
+def test_engine_streams_every_token_with_engine_timestamps(harness_cache):
+    adapter = TransformersAdapter()
+    config = TransformersConfig(device="cpu", max_batch_size=4, max_num_tokens=64, cpu_kv_budget_mib=8)
+
+    async def run():
+        async with adapter.start(config) as engine:
+            assert engine.token_space.vocab_size == 260
+            assert engine.token_space.reserved_ids == frozenset({0, 1, 2, 3})
+            assert engine.kv_capacity_tokens == 1024
+            assert any("num_blocks=32" in line for line in engine.log_lines())
+            requests = [RequestSpec(id=f"r{i}", max_output_tokens=5 + i,
+                                    prompt_token_ids=tuple(range(10, 10 + 8 * (i + 1)))) for i in range(5)]
+            requests.append(RequestSpec(id="text", max_output_tokens=4, prompt_text="hello, world"))
+            sent = time.perf_counter_ns()
+            streams = await asyncio.gather(*(_collect(engine, r) for r in requests))
+            too_long = await _collect(engine, RequestSpec(id="long", max_output_tokens=1000,
+                                                          prompt_token_ids=(10,) * 100))
+            return sent, requests, streams, too_long
+
+    sent, requests, streams, too_long = asyncio.run(run())
+    for request, events in zip(requests, streams):
+        assert all(e.error is None and e.n_tokens == 1 for e in events), events
+        assert len(events) == request.max_output_tokens
+        times = [e.t_ns for e in events]
+        assert times == sorted(times) and times[0] >= sent
+    assert len(too_long) == 1 and "exceeds the KV cache capacity" in too_long[0].error
+
+
+@pytest.mark.slow
+def test_cancelled_stream_frees_the_engine_and_exit_fails_inflight(harness_cache):
+    adapter = TransformersAdapter()
+    config = TransformersConfig(device="cpu", max_batch_size=1)  # "b" runs only once "a" has left the batch
+
+    def long_request(rid: str) -> RequestSpec:
+        return RequestSpec(id=rid, max_output_tokens=3000, prompt_token_ids=(5,) * 4)
+
+    async def run():
+        async with adapter.start(config) as engine:
+            stream = engine.stream(long_request("a"))
+            first = await anext(stream)
+            await stream.aclose()  # the client gives up after one token
+            short = RequestSpec(id="b", max_output_tokens=3, prompt_token_ids=(5,) * 4)
+            after = await asyncio.wait_for(_collect(engine, short), timeout=20)
+            inflight: list[StreamEvent] = []
+            task = asyncio.create_task(_consume(engine, long_request("c"), inflight))
+            while not inflight:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(task, timeout=20)  # leaving the block ended the stream
+        return first, after, inflight
+
+    first, after, inflight = asyncio.run(run())
+    assert first.n_tokens == 1
+    assert [e.n_tokens for e in after] == [1, 1, 1]
+    assert inflight[-1].error and len(inflight) < 3000  # leaving the engine fails what is still running
+
+
+def test_fingerprint_describes_the_run(harness_cache):
+    fp = TransformersAdapter().fingerprint(TransformersConfig(device="cpu"))
+    assert fp["engine"] == "transformers-cb" and fp["simulated"] is False
+    assert fp["model"]["name"] == "builtin:tiny-llama" and fp["model"]["parameters"] > 1_000_000
+    assert fp["engine_version"] and fp["torch_version"] and fp["device"]

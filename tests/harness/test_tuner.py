@@ -1,0 +1,130 @@
+"""The tuner on the mock engine: trial subprocesses, failures, infeasibility, resume, selection."""
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.config import parse_config
+from harness.errors import ConfigError
+from harness.store import RunDir, TrialFiles, read_json
+from harness.summary import load_study
+from harness.tuner import Tuner
+
+
+def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, timeout=60, requests=60, **search):
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text(yaml.safe_dump(space or {
+        "name": "small", "engine": "mock",
+        "params": {"max_batch_size": {"type": "categorical", "choices": [1, 4, 16]}}}))
+    return parse_config({
+        "name": "t",
+        "engine": {"kind": "mock", "params": {"step_ms": 2, "decode_ms_per_seq": 1.0, "prefill_ms_per_token": 0,
+                                              **(params or {})}},
+        "workload": {"kind": "synthetic", "requests": requests, "warmup_requests": 4,
+                     "input_tokens": {"dist": "fixed", "value": 16},
+                     "output_tokens": {"dist": "fixed", "value": 8},
+                     "arrival": {"process": "closed", "concurrency": 16}},
+        "slo": slo or {"tpot_ms": {"p95": 8}},
+        "search": {"space": str(space_path), "trials": trials, "objective": "maximize output_throughput_tok_s",
+                   "trial_timeout_s": timeout, "sampler": "random", **search},
+    }, "test")
+
+
+def test_small_tune_picks_the_best_config_that_meets_the_slo(tmp_path):
+    """batch 16 is fastest but its TPOT (2 + 16*1 ms) breaks the 8 ms SLO; batch 4 (6 ms) is the answer."""
+    cfg = experiment(tmp_path, trials=4, seed=1)
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(cfg, run_dir, config_dir=tmp_path).run()
+    summary = load_study(run_dir)
+    assert len(summary.completed) == 4
+    sampled = {t.params["max_batch_size"] for t in summary.completed}
+    assert sampled == {1, 4, 16}, "precondition: seed 1 samples every choice"
+    assert summary.best.params == {"max_batch_size": 4}
+    by_batch = {t.params["max_batch_size"]: t for t in summary.completed}
+    assert not by_batch[16].slo_pass and by_batch[16].value > summary.best.value
+    for t in summary.completed:  # every completed trial left its files behind
+        assert {TrialFiles.CONFIG, TrialFiles.RESULT, TrialFiles.RECORDS, TrialFiles.LOG} <= {
+            p.name for p in t.dir.iterdir()}
+        trial_cfg = yaml.safe_load((t.dir / TrialFiles.CONFIG).read_text())
+        assert trial_cfg["engine"]["params"]["max_batch_size"] == t.params["max_batch_size"]
+
+
+def test_resume_keeps_finished_trials_and_runs_only_the_rest(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=2), run_dir, config_dir=tmp_path).run()
+    first = {t.number: (t.params, t.value) for t in load_study(run_dir).trials}
+    mtimes = {n: (run_dir.trial_dir(n) / TrialFiles.RESULT).stat().st_mtime_ns for n in first}
+    Tuner(experiment(tmp_path, trials=3), run_dir, config_dir=tmp_path).run()
+    after = load_study(run_dir).trials
+    assert len(after) == 3
+    assert {t.number: (t.params, t.value) for t in after if t.number in first} == first
+    assert mtimes == {n: (run_dir.trial_dir(n) / TrialFiles.RESULT).stat().st_mtime_ns for n in first}
+
+
+def test_interrupted_trial_is_marked_and_rerun(tmp_path):
+    cfg = experiment(tmp_path, trials=2)
+    run_dir = RunDir(tmp_path / "run")
+    # Simulate a harness killed mid-trial: a trial left RUNNING in the storage.
+    tuner = Tuner(cfg, run_dir, config_dir=tmp_path)
+    stale = tuner.study.ask()
+    tuner.space.suggest(stale)
+    Tuner(cfg, run_dir, config_dir=tmp_path).run()
+    trials = load_study(run_dir).trials
+    assert trials[0].state == "interrupted" and "interrupted" in trials[0].reason
+    assert trials[1].params == trials[0].params  # queued again with the same params
+    assert sum(t.state == "complete" for t in trials) == 2
+
+
+def test_a_changed_config_refuses_to_resume(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=1), run_dir, config_dir=tmp_path).run()
+    with pytest.raises(ConfigError, match="different config"):
+        Tuner(experiment(tmp_path, trials=1, slo={"tpot_ms": {"p95": 9}}), run_dir, config_dir=tmp_path)
+
+
+def test_engine_errors_and_timeouts_fail_the_trial_with_the_reason(tmp_path):
+    run_dir = RunDir(tmp_path / "a")
+    Tuner(experiment(tmp_path, trials=1, params={"start_error": "CUDA out of memory (scripted)"}),
+          run_dir, config_dir=tmp_path).run()
+    (trial,) = load_study(run_dir).trials
+    assert trial.state == "failed" and "CUDA out of memory (scripted)" in trial.reason
+    assert "CUDA out of memory" in (run_dir.trial_dir(0) / TrialFiles.LOG).read_text()
+
+    run_dir = RunDir(tmp_path / "b")
+    Tuner(experiment(tmp_path, trials=1, params={"start_delay_s": 60}, timeout=3), run_dir, config_dir=tmp_path).run()
+    (trial,) = load_study(run_dir).trials
+    assert trial.state == "failed" and trial.reason.startswith("timeout: trial ran longer than 3 s")
+    assert not (run_dir.trial_dir(0) / TrialFiles.RESULT).exists()
+
+
+def test_infeasible_points_are_pruned_before_launch(tmp_path):
+    space = {"name": "s", "engine": "mock",
+             "params": {"max_batch_size": {"type": "categorical", "choices": [8, 64]},
+                        "max_num_tokens": {"type": "categorical", "choices": [16]}},
+             "rules": ["max_num_tokens >= max_batch_size * 2"]}
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=4, space=space), run_dir, config_dir=tmp_path).run()
+    trials = load_study(run_dir).trials
+    pruned = [t for t in trials if t.state == "infeasible"]
+    assert pruned and all(t.params["max_batch_size"] == 64 for t in pruned)
+    assert all("breaks search-space rule" in t.reason or "max_num_tokens (16) < max_batch_size (64)" in t.reason
+               for t in pruned)
+    assert not any(run_dir.trial_dir(t.number).exists() for t in pruned)
+    assert all(t.state == "complete" for t in trials if t.params["max_batch_size"] == 8)
+
+
+def test_no_trial_meeting_the_slo_names_the_closest_miss(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=3, seed=1, slo={"tpot_ms": {"p95": 1}}), run_dir, config_dir=tmp_path).run()
+    summary = load_study(run_dir)
+    assert summary.best is None
+    assert summary.closest_miss.params == {"max_batch_size": 1}  # lowest TPOT: smallest overshoot
+
+
+def test_tpe_sampler_with_slo_constraints_runs(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=3, sampler="tpe"), run_dir, config_dir=tmp_path).run()
+    study = optuna.load_study(study_name="t", storage=run_dir.storage_url())
+    assert all("constraints" in t.user_attrs for t in study.trials if t.state.name == "COMPLETE")
+    assert read_json(run_dir.trial_dir(0) / TrialFiles.RESULT)["simulated"] is True

@@ -1,0 +1,326 @@
+"""HTML reports, figures and recommended.yaml from hand-built studies (records with known times, no Optuna)."""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine_adapters.mock import MockConfig
+from harness.config import EngineSpec, parse_objective
+from harness.metrics import METRICS, SloLimit, compute
+from harness.records import RequestRecord, write_records
+from harness.store import SCHEMA_VERSION, write_json
+from harness.summary import StudySummary, TrialRow
+from harness.tuner import objective_value
+from reports import recommended_config, render_run_report, render_study_report, write_recommended
+from reports import figures
+from reports.html import format_number, format_percent
+
+MS = 1_000_000
+OBJECTIVE = "maximize goodput_req_s"
+SLO = {"ttft_ms": {"p95": 200.0}, "tpot_ms": {"p95": 30.0}}
+XSS = "<script>alert(1)</script>"
+
+
+# fixtures: records with known times -> result dicts as harness.trial.measure writes them ------------
+
+def make_records(n: int = 40, rate: float = 10.0, ttft_ms: float = 50.0, tpot_ms: float = 10.0,
+                 out_tokens: int = 8, fail_every: int | None = None, warmup: int = 2,
+                 error: str = "server said 500") -> list[RequestRecord]:
+    """Open-loop requests every 1/rate s; TTFT grows slowly (queueing); every `fail_every`-th fails."""
+    records = []
+    for i in range(n):
+        scheduled = int(i / rate * 1e9)
+        phase = "warmup" if i < warmup else "measured"
+        r = RequestRecord(id=f"req-{i}", phase=phase, expected_output_tokens=out_tokens, input_tokens=100,
+                          scheduled_ns=scheduled, dispatched_ns=scheduled, sent_ns=scheduled + MS // 10)
+        if fail_every and i % fail_every == fail_every - 1:
+            r.end_ns, r.error = scheduled + 5 * MS, error
+        else:
+            first = scheduled + int((ttft_ms + i * 0.5) * MS)
+            r.token_ns = [first + int(k * tpot_ms * MS) for k in range(out_tokens)]
+            r.end_ns = r.token_ns[-1]
+        records.append(r)
+    return records
+
+
+def make_result(records: list[RequestRecord], engine_config: dict, *, simulated: bool = True, slo: dict = SLO,
+                max_error_rate: float = 0.05, telemetry: dict | None = None, gpu_name: str = "sim") -> dict:
+    """A result dict shaped like harness.trial.measure's."""
+    metrics = compute(records, [SloLimit(m, s, v) for m, stats in slo.items() for s, v in stats.items()])
+    error_rate = metrics["scalars"]["error_rate"] or 0.0
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": "harness.run_result", "name": "demo", "simulated": simulated,
+        "engine": {"kind": "mock", "config": engine_config},
+        "workload": {"kind": "synthetic", "requests": len(records), "arrival": {"process": "constant", "rate": 10.0}},
+        "slo": slo, "max_error_rate": max_error_rate,
+        "fingerprint": {"harness_version": "0.1.0", "python": "3.11", "platform": "Linux", "hostname": "h",
+                        "nvml": None, "engine": {"engine": "mock", "engine_version": "service-model-1",
+                                                 "simulated": simulated, "model": engine_config["model"],
+                                                 "device": gpu_name}},
+        "started_at": "2025-01-01T00:00:00+00:00", "finished_at": "2025-01-01T00:01:00+00:00",
+        "engine_start_s": 0.25,
+        **metrics,
+        "slo_pass": all(c["pass"] for c in metrics["slo"]) and error_rate <= max_error_rate,
+        "telemetry": telemetry or {"available": False, "reason": "no GPU telemetry: pynvml not importable",
+                                   "energy_per_output_token_j": None},
+    }
+
+
+def make_trial(tmp_path: Path, number: int, params: dict, records: list[RequestRecord] | None = None,
+               model: str = "tiny", simulated: bool = True, write_records_file: bool = True, **result_kw) -> TrialRow:
+    """A completed trial with result.json and records.jsonl written into tmp_path/trials/<number>."""
+    tdir = tmp_path / "trials" / str(number)
+    tdir.mkdir(parents=True)
+    records = records if records is not None else make_records()
+    result = make_result(records, MockConfig(model=model, **params).model_dump(mode="json"),
+                         simulated=simulated, **result_kw)
+    write_json(tdir / "result.json", result)
+    if write_records_file:
+        write_records(tdir / "records.jsonl", records)
+    return TrialRow(number, "complete", params, objective_value(result, OBJECTIVE), None, 12.5, tdir, result)
+
+
+def failed_trial(tmp_path: Path, number: int, params: dict, state: str, reason: str) -> TrialRow:
+    return TrialRow(number, state, params, None, reason, 1.0, tmp_path / "trials" / str(number))
+
+
+def make_summary(trials: list[TrialRow], objective: str = OBJECTIVE) -> StudySummary:
+    """A StudySummary choosing best / closest miss the way harness.summary.load_study does."""
+    direction, metric, _ = parse_objective(objective)
+    config = {"name": "demo", "engine": {"kind": "mock", "model": "tiny"}, "slo": SLO, "max_error_rate": 0.05,
+              "workload": {"kind": "synthetic", "requests": 40},
+              "search": {"space": "mock-default", "trials": len(trials), "objective": objective}}
+    summary = StudySummary(name="demo", objective=objective, direction=direction, metric=metric, config=config,
+                           space="mock-default", trials=trials)
+    sign = 1 if direction == "maximize" else -1
+    passing = [t for t in summary.completed if t.slo_pass]
+    if passing:
+        summary.best = max(passing, key=lambda t: (sign * t.value, -t.number))
+    elif summary.completed:
+        summary.closest_miss = min(summary.completed, key=lambda t: (t.slo_excess, -sign * t.value, t.number))
+    return summary
+
+
+@pytest.fixture
+def study(tmp_path) -> StudySummary:
+    """Trial 1 best (rate 20, passes), 0 and 3 pass slower, 2 misses TTFT, 4 failed, 5 infeasible."""
+    return make_summary([
+        make_trial(tmp_path, 0, {"max_batch_size": 8, "kv_cache_fraction": 0.5}, make_records(rate=10)),
+        make_trial(tmp_path, 1, {"max_batch_size": 32, "kv_cache_fraction": 0.85}, make_records(rate=20),
+                   model=XSS),
+        make_trial(tmp_path, 2, {"max_batch_size": 64, "kv_cache_fraction": 0.9}, make_records(rate=30, ttft_ms=400)),
+        make_trial(tmp_path, 3, {"max_batch_size": 16, "kv_cache_fraction": 0.6},
+                   make_records(rate=15, fail_every=25, error="<img src=x onerror=alert(2)>")),
+        failed_trial(tmp_path, 4, {"max_batch_size": 48, "kv_cache_fraction": 0.95}, "failed",
+                     "CUDA out of memory <b>while</b> allocating KV cache"),
+        failed_trial(tmp_path, 5, {"max_batch_size": 4, "kv_cache_fraction": 0.2}, "infeasible",
+                     "max_num_tokens (2) < max_batch_size (4)"),
+    ])
+
+
+def images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+# study report ----------------------------------------------------------------------------------
+
+def test_study_report_recommends_the_best_trial(study):
+    html = render_study_report(study)
+    best = study.best
+    assert best.number == 1 and best.value == pytest.approx(best.result["scalars"]["goodput_req_s"])
+    assert f"Trial 1: goodput_req_s = {format_number(best.value)} req/s" in html
+    assert "than the runner-up's (trial 3," in html and "than the median completed trial" in html
+    section = html[html.index('id="recommended"'):html.index('id="trials"')]
+    assert "max_batch_size" in section and ">32<" in section and "0.85" in section
+    for check in best.result["slo"]:
+        assert format_number(check["measured"]) in section  # SLO margins table of the best trial
+
+
+def test_trial_table_lists_every_trial_with_failure_reasons(study):
+    html = render_study_report(study)
+    table = html[html.index('id="trials"'):html.index('id="history"')]
+    assert "CUDA out of memory &lt;b&gt;while&lt;/b&gt; allocating KV cache" in table
+    assert "max_num_tokens (2) &lt; max_batch_size (4)" in table
+    for state in ("failed", "infeasible", "complete"):
+        assert state in table
+    for t in study.trials:
+        assert f'<td class="num">{t.number}' in table
+
+
+def test_data_strings_are_escaped(study):
+    html = render_study_report(study)
+    assert XSS not in html and "<script" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the best trial's model, in config and fingerprint
+    assert "<b>while</b>" not in html
+
+
+def test_request_errors_are_visible_and_escaped(tmp_path):
+    trial = make_trial(tmp_path, 0, {}, make_records(fail_every=10, error="<img src=x onerror=alert(2)>"))
+    html = render_run_report(trial.result, make_records(fail_every=10, error="<img src=x onerror=alert(2)>"), "run")
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert f'class="num fail">{trial.result["counts"]["failed"]}<' in html
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_simulated_banner_iff_simulated(tmp_path, simulated):
+    summary = make_summary([make_trial(tmp_path, 0, {}, simulated=simulated)])
+    html = render_study_report(summary)
+    assert ("SIMULATED ENGINE — numbers describe a service model, not hardware" in html) == simulated
+    run_html = render_run_report(summary.trials[0].result, make_records(), "bench")
+    assert ("SIMULATED ENGINE" in run_html) == simulated
+
+
+def test_reports_are_self_contained(study):
+    for html in (render_study_report(study), render_run_report(study.best.result, make_records(), "bench")):
+        assert "http://" not in html and "https://" not in html
+        targets = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", html)
+        assert targets and all(t.startswith(("data:", "#")) for t in targets)
+        assert "<script" not in html and "<link" not in html and "@import" not in html
+
+
+def test_figures_are_embedded_svg_data_uris(study):
+    srcs = images(render_study_report(study))
+    assert len(srcs) == 5  # history, trade-off, TTFT, ITL, TTFT timeline
+    for src in srcs:
+        assert src.startswith("data:image/svg+xml;base64,")
+        svg = base64.b64decode(src.split(",", 1)[1]).decode()
+        assert "<svg" in svg
+
+
+def test_metric_table_iterates_the_registry(study):
+    html = render_study_report(study)
+    detail = html[html.index('id="chosen"'):html.index('id="setup"')]
+    for name in METRICS:
+        assert f"<code>{name}</code>" in detail
+    definitions = html[html.index('id="definitions"'):]
+    for m in METRICS.values():
+        assert m.description in definitions or m.description.replace("'", "&#39;") in definitions
+
+
+def test_no_trial_met_the_slos_names_the_closest_miss(tmp_path):
+    summary = make_summary([
+        make_trial(tmp_path, 0, {"max_batch_size": 8}, make_records(ttft_ms=400)),
+        make_trial(tmp_path, 1, {"max_batch_size": 16}, make_records(ttft_ms=250)),
+        failed_trial(tmp_path, 2, {"max_batch_size": 64}, "failed", "timeout"),
+    ])
+    assert summary.best is None and summary.closest_miss.number == 1
+    html = render_study_report(summary)
+    section = html[html.index('id="recommended"'):html.index('id="trials"')]
+    assert "No trial met the SLOs" in section
+    assert "Closest miss: <b>trial 1</b>" in section
+    check = next(c for c in summary.closest_miss.result["slo"] if c["metric"] == "ttft_ms")
+    over = (check["measured"] - check["limit"]) / check["limit"]
+    assert f"{format_percent(over)} over" in section
+    assert "Trial 1 in detail (closest miss)" in html
+
+
+def test_all_trials_failed(tmp_path):
+    summary = make_summary([failed_trial(tmp_path, 0, {"max_batch_size": 8}, "failed", "engine crashed")])
+    html = render_study_report(summary)
+    assert "no trial completed" in html and "engine crashed" in html
+    assert figures.tradeoff(summary) is None
+
+
+def test_missing_records_are_reported_not_fatal(tmp_path):
+    summary = make_summary([make_trial(tmp_path, 0, {}, write_records_file=False)])
+    html = render_study_report(summary)
+    assert "records.jsonl not found" in html
+    assert len(images(html)) == 2  # history and trade-off only
+
+
+def test_telemetry_is_shown_when_available(tmp_path):
+    telemetry = {"available": True, "samples": 10, "interval_s": 0.1, "duration_s": 1.0, "energy_j": 500.0,
+                 "energy_per_output_token_j": 1.5,
+                 "gpus": [{"index": 0, "name": "H100 <80GB>", "memory_total_mib": 81559.0,
+                           "memory_used_peak_mib": 70123.4, "memory_used_mean_mib": 65000.0, "util_mean_pct": 87.5,
+                           "power_mean_w": 550.0, "power_peak_w": 690.0, "energy_j": 500.0}]}
+    trial = make_trial(tmp_path, 0, {}, telemetry=telemetry)
+    html = render_run_report(trial.result, make_records(), "bench")
+    assert "H100 &lt;80GB&gt;" in html and "70,123 MiB" in html and "1.50 J" in html
+    no_gpu = render_run_report(make_trial(tmp_path, 1, {}).result, make_records(), "bench")
+    assert "no GPU telemetry: pynvml not importable" in no_gpu
+
+
+def test_run_report(tmp_path):
+    records = make_records(fail_every=10)
+    trial = make_trial(tmp_path, 0, {"max_batch_size": 12}, records)
+    html = render_run_report(trial.result, records, "nightly <bench>")
+    assert "<title>[SIMULATED] nightly &lt;bench&gt;</title>" in html
+    assert len(images(html)) == 3
+    assert "failed (measured)" in html and "server said 500" in html
+    assert "max_batch_size" in html and ">12<" in html
+
+
+# recommended.yaml ------------------------------------------------------------------------------
+
+def test_recommended_yaml_round_trips_and_can_be_rerun(study, tmp_path):
+    path = tmp_path / "recommended.yaml"
+    assert write_recommended(study, path)
+    doc = yaml.safe_load(path.read_text())
+    assert doc == yaml.safe_load(yaml.safe_dump(recommended_config(study), sort_keys=False))
+    config = study.best.result["engine"]["config"]
+    assert doc["engine"]["kind"] == "mock" and doc["engine"]["model"] == XSS
+    assert doc["engine"]["params"] == {k: v for k, v in config.items() if k != "model"}
+    assert doc["engine"]["params"]["max_batch_size"] == 32
+    assert EngineSpec(**doc["engine"]).resolve().model_dump(mode="json") == config  # pasteable
+    assert doc["trial"]["number"] == 1
+    assert doc["objective"] == {"expression": OBJECTIVE, "direction": "maximize", "metric": "goodput_req_s",
+                                "value": study.best.value}
+    assert doc["measured"]["ttft_ms"]["p95"] == study.best.result["distributions"]["ttft_ms"]["p95"]
+    assert doc["measured"]["goodput_req_s"] == study.best.value
+    assert [m["metric"] for m in doc["slo_margins"]] == ["ttft_ms", "tpot_ms", "error_rate"]
+    assert all(m["pass"] for m in doc["slo_margins"])
+    assert "SIMULATED" in doc["note"] and "trial 1" in doc["note"]
+
+
+def test_recommended_not_written_without_best(tmp_path):
+    summary = make_summary([make_trial(tmp_path, 0, {}, make_records(ttft_ms=900))])
+    path = tmp_path / "recommended.yaml"
+    assert recommended_config(summary) is None
+    assert write_recommended(summary, path) is False
+    assert not path.exists()
+
+
+# pieces ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, text", [
+    (None, "n/a"), (0, "0"), (0.0, "0"), (12345.6, "12,346"), (123.45, "123"), (12.345, "12.3"),
+    (1.0, "1.00"), (0.012345, "0.0123"), (999.7, "1,000"), (1234567, "1,234,567"), (0.00001234, "1.23e-05"),
+    (-42.42, "-42.4"),
+])
+def test_format_number(value, text):
+    assert format_number(value) == text
+
+
+def test_format_percent():
+    assert format_percent(0.1234) == "12.3%"
+    assert format_percent(0.05, signed=True) == "+5.00%"
+    assert format_percent(-0.25, signed=True) == "−25.0%"
+
+
+def test_pareto_front():
+    points = [(100, 50), (80, 40), (120, 45), (60, 10), (100, 60)]
+    assert figures.pareto_front(points) == [3, 1, 4]
+
+
+def test_figures_return_none_without_data():
+    failed = [RequestRecord("a", "measured", 4, 10, scheduled_ns=0, sent_ns=0, end_ns=MS, error="boom")]
+    assert figures.distribution(failed, "ttft_ms") is None
+    assert figures.distribution([], "itl_ms") is None
+    assert figures.ttft_timeline(failed) is None
+
+
+def test_distribution_uses_the_metric_definitions():
+    """ITL is pooled at token granularity (30 requests x 7 gaps), TTFT is one value per request."""
+    records = make_records(n=32, warmup=2, out_tokens=8, tpot_ms=10.0)
+    itl = figures.measured_values(records, "itl_ms")
+    assert len(itl) == 30 * 7 and itl == pytest.approx([10.0] * 210)
+    assert len(figures.measured_values(records, "ttft_ms")) == 30
+    svg = base64.b64decode(figures.distribution(records, "itl_ms").split(",", 1)[1]).decode()
+    assert svg.startswith("<?xml")
+    assert figures.distribution(records, "itl_ms") == figures.distribution(records, "itl_ms")  # deterministic
