@@ -154,17 +154,18 @@ class MockEngine(Engine):
         self._loop_task: asyncio.Task | None = None
 
     async def _run(self) -> None:
-        next_start = time.perf_counter()
+        """Step back to back on a virtual timeline anchored when work arrives; a late wake-up does not
+        shift later steps, and tokens are stamped with their step's scheduled end (the model's time)."""
+        step_end = time.perf_counter()
         while True:
             if self._model.idle:
                 self._wake.clear()
                 await self._wake.wait()
-                next_start = time.perf_counter()
+                step_end = time.perf_counter()
             duration, emitted, finished = self._model.step()
-            step_end = max(next_start, time.perf_counter() - 0.001) + duration
+            step_end += duration
             await asyncio.sleep(max(step_end - time.perf_counter(), 0))
-            next_start = step_end
-            t_ns = time.perf_counter_ns()
+            t_ns = int(step_end * 1e9)
             for rid, n in emitted.items():
                 if rid in self._queues:  # a client that gave up has no queue left
                     self._queues[rid].put_nowait(StreamEvent(t_ns, n))

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -15,7 +16,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from harness.tuner import TrialOutcome, Tuner, run_trial_process
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Benchmark and autotune LLM inference engines.")
 console = Console(stderr=True)
 
@@ -58,7 +59,7 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
                                    f"{_fmt(o.value)} ({o.duration_s:.0f} s) {_params(o.params)}")
         else:
             colour = "yellow" if o.state == "infeasible" else "red"
-            progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {o.reason}")
+            progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
 
     with progress:
         task = progress.add_task("tuning", total=cfg.search.trials, completed=already)
@@ -102,7 +103,7 @@ def _print_summary(summary) -> None:
         table.add_row(str(t.number), t.state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
                       _fmt(d.get("tpot_ms", {}).get("p95")), _fmt(s.get("output_throughput_tok_s")),
                       ("pass" if t.slo_pass else "miss") if t.result else "-",
-                      (_params(t.params) if t.state == "complete" else (t.reason or "")) + mark)
+                      escape(_params(t.params) if t.state == "complete" else (t.reason or "")) + mark)
     console.print(table)
     if summary.best is None:
         console.print("[red]no trial met the SLOs[/]" + (f"; closest miss: trial {summary.closest_miss.number}"
@@ -164,20 +165,9 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
 
 
 def main() -> None:
+    """Console entry point: usage errors exit 2 (click), HarnessErrors exit with their own code."""
     try:
-        app(standalone_mode=False)
+        app()
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise

@@ -38,7 +38,7 @@ class TrialRow:
     @property
     def slo_excess(self) -> float:
         """Sum of relative SLO overshoots (0 when every SLO is met)."""
-        return sum(max(v, 0.0) for v in constraint_violations(self.result)) if self.result else float("inf")
+        return sum(max(v, 0.0) for v in constraint_violations(self.result).values()) if self.result else float("inf")
 
 
 @dataclass

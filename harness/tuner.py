@@ -51,18 +51,15 @@ def objective_value(result: dict, objective: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def constraint_violations(result: dict) -> list[float]:
+def constraint_violations(result: dict) -> dict[str, float]:
     """One number per SLO (and the error-rate limit): <= 0 when met, else the relative excess."""
-    out = []
+    out = {}
     for check in result["slo"]:
         measured = check["measured"]
-        out.append(1.0 if measured is None else (measured - check["limit"]) / check["limit"])
-    out.append((result["scalars"]["error_rate"] or 0.0) - result["max_error_rate"])
+        out[f"{check['metric']}.{check['statistic']}"] = (
+            1.0 if measured is None else (measured - check["limit"]) / check["limit"])
+    out["error_rate"] = (result["scalars"]["error_rate"] or 0.0) - result["max_error_rate"]
     return out
-
-
-def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
-    return frozen.user_attrs.get("constraints", [1.0])
 
 
 def run_trial_process(trial_dir: Path, timeout_s: float) -> tuple[str, str | None]:
@@ -132,7 +129,8 @@ class Tuner:
         self.adapter = get_adapter(cfg.engine.kind)
         direction, _, _ = parse_objective(cfg.search.objective)
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed, constraints_func=_constraints,
+        # TPE reads each trial's SLO constraints (set_constraint) to prefer configs that meet them.
+        sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed,
                                               n_startup_trials=min(5, max(cfg.search.trials // 3, 1)))
                    if cfg.search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=cfg.search.seed))
         self.study = optuna.create_study(study_name=cfg.name, storage=storage or run_dir.storage_url(),
@@ -215,7 +213,8 @@ class Tuner:
             return TrialOutcome(number, state, params, reason=reason)
         result = read_json(trial_dir / TrialFiles.RESULT)
         value = objective_value(result, self.cfg.search.objective)
-        trial.set_user_attr("constraints", constraint_violations(result))
+        for key, violation in constraint_violations(result).items():
+            trial.set_constraint(key, violation)
         trial.set_user_attr("slo_pass", result["slo_pass"])
         if value is None:
             reason = "objective undefined: no measured request completed"

@@ -126,5 +126,6 @@ def test_tpe_sampler_with_slo_constraints_runs(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     Tuner(experiment(tmp_path, trials=3, sampler="tpe"), run_dir, config_dir=tmp_path).run()
     study = optuna.load_study(study_name="t", storage=run_dir.storage_url())
-    assert all("constraints" in t.user_attrs for t in study.trials if t.state.name == "COMPLETE")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert complete and all(set(t.constraints) == {"tpot_ms.p95", "error_rate"} for t in complete)
     assert read_json(run_dir.trial_dir(0) / TrialFiles.RESULT)["simulated"] is True
