@@ -1,0 +1,79 @@
+"""The contract every engine adapter must meet (engine_adapters/base.py), run against each one."""
+import asyncio
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from engine_adapters import Hardware, adapter_kinds, get_adapter
+from workloads import RequestSpec
+
+# Small, fast configs of each adapter on this CPU-only machine.
+CONFIGS = {
+    "mock": {"step_ms": 1},
+    "transformers": {"model": "builtin:tiny-llama", "max_batch_size": 4, "max_num_tokens": 128},
+}
+ADAPTERS = [pytest.param(k, marks=pytest.mark.slow) if k == "transformers" else k for k in CONFIGS]
+
+
+def test_every_registered_adapter_is_covered():
+    assert set(adapter_kinds()) == set(CONFIGS)
+
+
+def requests(engine, n, prompt_len=12, out=(5, 3, 7, 1)):
+    ids = sorted(set(range(engine.token_space.vocab_size)) - engine.token_space.reserved_ids)[:prompt_len]
+    return [RequestSpec(id=f"c{i}", max_output_tokens=out[i % len(out)], prompt_token_ids=tuple(ids))
+            for i in range(n)]
+
+
+async def collect(engine, spec):
+    events = [e async for e in engine.stream(spec)]
+    return events
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_concurrent_streams_deliver_exactly_the_requested_tokens_in_time_order(kind):
+    adapter = get_adapter(kind)
+    config = adapter.Config(**CONFIGS[kind])
+    assert adapter.check(config, Hardware()) is None
+
+    async def go():
+        async with adapter.start(config) as engine:
+            assert engine.token_space.vocab_size > 1
+            specs = requests(engine, 6)
+            t_before = time.perf_counter_ns()
+            results = await asyncio.gather(*(collect(engine, s) for s in specs))
+            return specs, results, t_before, time.perf_counter_ns()
+
+    specs, results, t_before, t_after = asyncio.run(go())
+    for spec, events in zip(specs, results):
+        assert all(e.error is None for e in events), [e.error for e in events]
+        assert sum(e.n_tokens for e in events) == spec.max_output_tokens
+        times = [e.t_ns for e in events]
+        assert times == sorted(times) and t_before <= times[0] and times[-1] <= t_after
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_engine_can_be_started_twice_in_one_process(kind):
+    """Trials rebuild engines; leaving the context must free everything for the next start."""
+    adapter = get_adapter(kind)
+    config = adapter.Config(**CONFIGS[kind])
+
+    async def once():
+        async with adapter.start(config) as engine:
+            return await collect(engine, requests(engine, 1, out=(2,))[0])
+    for _ in range(2):
+        assert sum(e.n_tokens for e in asyncio.run(once())) == 2
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_fingerprint_and_config_validation(kind):
+    adapter = get_adapter(kind)
+    config = adapter.Config(**CONFIGS[kind])
+    fp = adapter.fingerprint(config)
+    assert {"engine", "engine_version", "model", "simulated"} <= set(fp)
+    assert fp["simulated"] is (kind == "mock")
+    with pytest.raises(ValidationError):
+        adapter.Config(**CONFIGS[kind], no_such_knob=1)
+    for knob in ("max_batch_size", "max_num_tokens", "kv_cache_fraction"):
+        assert knob in adapter.Config.model_fields
