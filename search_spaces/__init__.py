@@ -36,11 +36,9 @@ class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class IntParam(_Param):
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = 1
+class _RangeParam(_Param):
+    low: float
+    high: float
     log: bool = False
 
     @model_validator(mode="after")
@@ -48,23 +46,21 @@ class IntParam(_Param):
         if self.high < self.low:
             raise ValueError("high must be >= low")
         return self
+
+
+class IntParam(_RangeParam):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = 1
 
     def suggest(self, trial, name):
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
 
-class FloatParam(_Param):
+class FloatParam(_RangeParam):
     type: Literal["float"]
-    low: float
-    high: float
     step: float | None = None
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.high < self.low:
-            raise ValueError("high must be >= low")
-        return self
 
     def suggest(self, trial, name):
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
