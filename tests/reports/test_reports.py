@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import base64
 import re
+from html import unescape
 from pathlib import Path
 
+import matplotlib
 import pytest
 import yaml
 
@@ -105,9 +107,10 @@ def make_summary(trials: list[TrialRow], objective: str = OBJECTIVE) -> StudySum
     return summary
 
 
-@pytest.fixture
-def study(tmp_path) -> StudySummary:
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> StudySummary:
     """Trial 1 best (rate 20, passes), 0 and 3 pass slower, 2 misses TTFT, 4 failed, 5 infeasible."""
+    tmp_path = tmp_path_factory.mktemp("study")
     return make_summary([
         make_trial(tmp_path, 0, {"max_batch_size": 8, "kv_cache_fraction": 0.5}, make_records(rate=10)),
         make_trial(tmp_path, 1, {"max_batch_size": 32, "kv_cache_fraction": 0.85}, make_records(rate=20),
@@ -122,26 +125,32 @@ def study(tmp_path) -> StudySummary:
     ])
 
 
+@pytest.fixture(scope="module")
+def study_html(study) -> str:
+    return render_study_report(study)
+
+
 def images(html: str) -> list[str]:
     return re.findall(r'<img src="([^"]*)"', html)
 
 
 # study report ----------------------------------------------------------------------------------
 
-def test_study_report_recommends_the_best_trial(study):
-    html = render_study_report(study)
+def test_study_report_recommends_the_best_trial(study, study_html):
+    html = study_html
     best = study.best
     assert best.number == 1 and best.value == pytest.approx(best.result["scalars"]["goodput_req_s"])
     assert f"Trial 1: goodput_req_s = {format_number(best.value)} req/s" in html
-    assert "than the runner-up's (trial 3," in html and "than the median completed trial" in html
+    text = unescape(html)
+    assert "higher than the runner-up's (trial 3," in text and "higher than the median completed trial's" in text
     section = html[html.index('id="recommended"'):html.index('id="trials"')]
     assert "max_batch_size" in section and ">32<" in section and "0.85" in section
     for check in best.result["slo"]:
         assert format_number(check["measured"]) in section  # SLO margins table of the best trial
 
 
-def test_trial_table_lists_every_trial_with_failure_reasons(study):
-    html = render_study_report(study)
+def test_trial_table_lists_every_trial_with_failure_reasons(study, study_html):
+    html = study_html
     table = html[html.index('id="trials"'):html.index('id="history"')]
     assert "CUDA out of memory &lt;b&gt;while&lt;/b&gt; allocating KV cache" in table
     assert "max_num_tokens (2) &lt; max_batch_size (4)" in table
@@ -151,8 +160,8 @@ def test_trial_table_lists_every_trial_with_failure_reasons(study):
         assert f'<td class="num">{t.number}' in table
 
 
-def test_data_strings_are_escaped(study):
-    html = render_study_report(study)
+def test_data_strings_are_escaped(study_html):
+    html = study_html
     assert XSS not in html and "<script" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the best trial's model, in config and fingerprint
     assert "<b>while</b>" not in html
@@ -175,16 +184,16 @@ def test_simulated_banner_iff_simulated(tmp_path, simulated):
     assert ("SIMULATED ENGINE" in run_html) == simulated
 
 
-def test_reports_are_self_contained(study):
-    for html in (render_study_report(study), render_run_report(study.best.result, make_records(), "bench")):
+def test_reports_are_self_contained(study, study_html):
+    for html in (study_html, render_run_report(study.best.result, make_records(), "bench")):
         assert "http://" not in html and "https://" not in html
         targets = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", html)
         assert targets and all(t.startswith(("data:", "#")) for t in targets)
         assert "<script" not in html and "<link" not in html and "@import" not in html
 
 
-def test_figures_are_embedded_svg_data_uris(study):
-    srcs = images(render_study_report(study))
+def test_figures_are_embedded_svg_data_uris(study_html):
+    srcs = images(study_html)
     assert len(srcs) == 5  # history, trade-off, TTFT, ITL, TTFT timeline
     for src in srcs:
         assert src.startswith("data:image/svg+xml;base64,")
@@ -192,8 +201,8 @@ def test_figures_are_embedded_svg_data_uris(study):
         assert "<svg" in svg
 
 
-def test_metric_table_iterates_the_registry(study):
-    html = render_study_report(study)
+def test_metric_table_iterates_the_registry(study_html):
+    html = study_html
     detail = html[html.index('id="chosen"'):html.index('id="setup"')]
     for name in METRICS:
         assert f"<code>{name}</code>" in detail
@@ -254,6 +263,38 @@ def test_run_report(tmp_path):
     assert len(images(html)) == 3
     assert "failed (measured)" in html and "server said 500" in html
     assert "max_batch_size" in html and ">12<" in html
+
+
+def test_many_distinct_request_errors_are_summed_not_dropped(tmp_path):
+    records = make_records(n=60, warmup=0, fail_every=2)
+    for i, r in enumerate(records):
+        if r.error:
+            r.error = f"sequence of {700 + i} tokens exceeds KV cache capacity"
+    trial = make_trial(tmp_path, 0, {}, records)
+    html = render_run_report(trial.result, records, "bench")
+    assert html.count('<td class="error">') == 10
+    assert '20 other distinct messages</td><td class="num">20<' in html
+
+
+def test_minimize_objective(tmp_path):
+    objective = "minimize ttft_ms.p95"
+    trials = [make_trial(tmp_path, n, {"max_batch_size": b}, make_records(ttft_ms=ttft))
+              for n, (b, ttft) in enumerate([(8, 120.0), (16, 60.0), (32, 90.0)])]
+    for t in trials:
+        t.value = objective_value(t.result, objective)
+    summary = make_summary(trials, objective)
+    assert summary.best.number == 1
+    text = unescape(render_study_report(summary))
+    assert f"Trial 1: ttft_ms p95 = {format_number(summary.best.value)} ms" in text
+    assert "lower than the runner-up's (trial 2," in text
+    assert recommended_config(summary)["objective"]["value"] == summary.best.value
+
+
+def test_figures_leave_matplotlib_global_state_alone(study):
+    before_rc, before_backend = dict(matplotlib.rcParams), matplotlib.get_backend()
+    figures.objective_history(study)
+    figures.tradeoff(study)
+    assert dict(matplotlib.rcParams) == before_rc and matplotlib.get_backend() == before_backend
 
 
 # recommended.yaml ------------------------------------------------------------------------------

@@ -1,0 +1,264 @@
+"""HTML reports: a tuning study (`render_study_report`) and one bench run (`render_run_report`).
+
+Each report is one self-contained HTML string: CSS inline, figures as SVG data URIs, no scripts
+and no external resources. Jinja2 autoescaping is on, so every string that came from data (model
+names, prompts, server errors, failure reasons) is escaped. Python builds plain view dicts;
+the templates only lay them out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import jinja2
+import yaml
+from markupsafe import Markup, escape
+
+from harness import __version__
+from harness.config import parse_objective
+from harness.metrics import METRICS, summarize
+from harness.records import RequestRecord, read_records
+from harness.store import TrialFiles
+from harness.summary import StudySummary, TrialRow
+from reports import figures
+from reports.recommended import recommended_config
+from reports.results import metric_value, slo_margins
+
+STATE_ORDER = ("complete", "failed", "infeasible", "interrupted", "running", "queued")
+# Columns of the trial and comparison tables: (metric, statistic or None for scalars).
+TABLE_METRICS = (("ttft_ms", "p95"), ("tpot_ms", "p95"), ("output_throughput_tok_s", None),
+                 ("goodput_req_s", None), ("error_rate", None))
+MAX_ERROR_ROWS = 10  # distinct request error messages listed; the rest are summed in one row
+SIMULATED_BANNER = "SIMULATED ENGINE — numbers describe a service model, not hardware"
+
+
+# number formatting (Jinja filters) ---------------------------------------------------------------
+
+def format_number(x, digits: int = 3) -> str:
+    """3 significant digits with thousands separators ('12,346', '12.3', '0.0123'); None -> 'n/a'."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(x)))
+    if magnitude >= digits - 1:
+        return f"{x:,.0f}"
+    if magnitude < -3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:,.{digits - 1 - magnitude}f}"
+
+
+def format_percent(fraction, signed: bool = False) -> str:
+    """0.1234 -> '12.3%' (signed: '+12.3%'); None -> 'n/a'."""
+    if fraction is None:
+        return "n/a"
+    text = format_number(abs(fraction) * 100 if signed else fraction * 100) + "%"
+    return ("+" if fraction >= 0 else "−") + text if signed else text
+
+
+def format_value(x, unit: str, with_unit: bool = True) -> str:
+    """A metric value with its unit (or without, for columns whose header names it); fractions as percentages."""
+    if unit == "fraction":
+        return format_percent(x)
+    if x is None:
+        return "n/a"
+    return f"{format_number(x)} {unit}" if with_unit else format_number(x)
+
+
+def breakable(name: str) -> Markup:
+    """An identifier that may wrap after its underscores (for narrow table headers); escaped."""
+    return Markup("_<wbr>").join(escape(part) for part in str(name).split("_"))
+
+
+def format_ci(bounds) -> str:
+    """[lo, hi] with 'n/a' for a missing bound."""
+    lo, hi = bounds
+    return f"[{format_number(lo)}, {format_number(hi)}]"
+
+
+def format_plain(x) -> str:
+    """A config or fingerprint value as written: floats to 4 significant digits, None -> '—'."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, (list, dict)):
+        return json.dumps(x)
+    return str(x)
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters.update(num=format_number, pct=format_percent, value=format_value, ci=format_ci, plain=format_plain,
+                    breakable=breakable)
+_ENV.globals.update(METRICS=METRICS, TABLE_METRICS=TABLE_METRICS, SIMULATED_BANNER=SIMULATED_BANNER,
+                    version=__version__)
+
+
+# views ---------------------------------------------------------------------------------------------
+
+def flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested dict -> [(dotted key, leaf value)] in insertion order."""
+    rows: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            rows += flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _table_metrics(result: dict | None) -> list:
+    return [metric_value(result, m, s) if result else None for m, s in TABLE_METRICS]
+
+
+def _run_view(result: dict, records: list[RequestRecord] | None, records_note: str | None) -> dict:
+    """What the run-detail sections show for one result (and its records, when readable)."""
+    errors = Counter(r.error for r in records or [] if r.phase == "measured" and r.error).most_common()
+    return {
+        "result": result,
+        "margins": slo_margins(result),
+        "distributions": [(m, result["distributions"].get(m.name) or summarize([]))
+                          for m in METRICS.values() if m.kind == "distribution"],
+        "scalars": [(m, result["scalars"].get(m.name)) for m in METRICS.values() if m.kind == "scalar"],
+        "errors": errors[:MAX_ERROR_ROWS],
+        "errors_other": (len(errors) - MAX_ERROR_ROWS, sum(n for _, n in errors[MAX_ERROR_ROWS:])),
+        "records_note": records_note,
+        "figures": {
+            "ttft": figures.distribution(records, "ttft_ms") if records else None,
+            "itl": figures.distribution(records, "itl_ms") if records else None,
+            "timeline": figures.ttft_timeline(records) if records else None,
+        },
+        "telemetry": result.get("telemetry") or {"available": False, "reason": "no telemetry in this result"},
+        "fingerprint": flatten(result.get("fingerprint") or {}),
+        "engine_config": flatten(result["engine"]["config"]),
+        "workload": flatten(result.get("workload") or {}),
+    }
+
+
+def _trial_records(trial: TrialRow) -> tuple[list[RequestRecord] | None, str | None]:
+    """The trial's records, or None and why they cannot be shown."""
+    path = trial.dir / TrialFiles.RECORDS
+    try:
+        return read_records(path), None
+    except FileNotFoundError:
+        return None, f"{path} not found: no per-request figures"
+    except (ValueError, TypeError) as exc:
+        return None, f"{path} cannot be read ({exc}): no per-request figures"
+
+
+def _comparison(summary: StudySummary) -> dict:
+    """The best trial against the runner-up (next best SLO-passing trial) and the median completed trial."""
+    best = summary.best
+    unit = METRICS[summary.metric].unit
+    sign = 1 if summary.direction == "maximize" else -1
+    others = sorted((t for t in summary.completed if t.slo_pass and t is not best and t.value is not None),
+                    key=lambda t: (-sign * t.value, t.number))
+    valued = [t for t in summary.completed if t.value is not None]
+
+    def delta(value):
+        return (best.value - value) / abs(value) if value else None
+
+    def versus(other: float, who: str, number: int | None = None) -> str:
+        """'12.3% higher than the runner-up's (trial 4, 9.29 req/s)': the sentence under the recommendation."""
+        shown = format_value(other, unit) if number is None else f"trial {number}, {format_value(other, unit)}"
+        if best.value == other:
+            return f"equal to {who} ({shown})"
+        d = delta(other)
+        amount = f"{format_percent(abs(d))} " if d is not None else ""
+        return f"{amount}{'higher' if best.value > other else 'lower'} than {who} ({shown})"
+
+    rows = [{"label": f"chosen: trial {best.number}", "value": best.value, "delta": None,
+             "metrics": _table_metrics(best.result)}]
+    if others:
+        rows.append({"label": f"runner-up: trial {others[0].number}", "value": others[0].value,
+                     "delta": delta(others[0].value), "metrics": _table_metrics(others[0].result)})
+    median_metrics = []
+    for column in zip(*(_table_metrics(t.result) for t in valued)):
+        present = [v for v in column if v is not None]
+        median_metrics.append(statistics.median(present) if present else None)
+    median = statistics.median(t.value for t in valued)
+    rows.append({"label": f"median of {len(valued)} completed trials", "value": median, "delta": delta(median),
+                 "metrics": median_metrics})
+    return {"rows": rows, "runner_up": others[0] if others else None, "n_passing": len(others) + 1,
+            "vs_runner_up": versus(others[0].value, "the runner-up's", others[0].number) if others else None,
+            "vs_median": versus(median, "the median completed trial's"),
+            "n_completed": len(summary.completed)}
+
+
+def _trial_rows(summary: StudySummary, param_names: list[str], chosen: TrialRow | None) -> list[dict]:
+    return [{"trial": t, "params": [t.params.get(p) for p in param_names], "metrics": _table_metrics(t.result),
+             "chosen": t is chosen} for t in sorted(summary.trials, key=lambda t: t.number)]
+
+
+def render_study_report(summary: StudySummary) -> str:
+    """The study report: recommendation (or closest miss), trials, figures, the chosen trial in detail."""
+    chosen = summary.best or summary.closest_miss
+    param_names = list(dict.fromkeys(p for t in summary.trials for p in t.params))
+    states = Counter(t.state for t in summary.trials)
+    _, metric, statistic = parse_objective(summary.objective)
+    chosen_view = None
+    if chosen is not None:
+        records, note = _trial_records(chosen)
+        chosen_view = _run_view(chosen.result, records, note)
+    recommended = recommended_config(summary)
+    context = {
+        "title": f"Tuning study: {summary.name}",
+        "simulated": summary.simulated,
+        "summary": summary,
+        "objective_label": f"{metric} {statistic}" if statistic else metric,
+        "objective_unit": METRICS[metric].unit,
+        "states": [(s, states[s]) for s in STATE_ORDER if states[s]]
+        + [(s, n) for s, n in states.items() if s not in STATE_ORDER],
+        "setup": _study_setup(summary),
+        "slo_text": slo_text(summary.config),
+        "param_names": param_names,
+        "trials": _trial_rows(summary, param_names, chosen),
+        "chosen": chosen,
+        "chosen_view": chosen_view,
+        "comparison": _comparison(summary) if summary.best else None,
+        "misses": [m for m in slo_margins(chosen.result) if not m["pass"]] if chosen and not summary.best else [],
+        "recommended_yaml": yaml.safe_dump({"engine": recommended["engine"]}, sort_keys=False) if recommended else None,
+        "history_figure": figures.objective_history(summary),
+        "tradeoff_figure": figures.tradeoff(summary),
+    }
+    return _ENV.get_template("study.html.j2").render(context)
+
+
+def slo_text(config: dict) -> str:
+    """'ttft_ms p95 ≤ 2,000 ms; …; error rate ≤ 0%' from an experiment config dict."""
+    limits = [f"{m} {s} ≤ {format_value(v, METRICS[m].unit)}" for m, stats in (config.get("slo") or {}).items()
+              for s, v in stats.items()]
+    return "; ".join(limits + [f"error rate ≤ {format_percent(config.get('max_error_rate', 0.0))}"])
+
+
+def _study_setup(summary: StudySummary) -> list[tuple[str, object]]:
+    """The header's key/value rows: engine, space, objective, SLOs, workload."""
+    config = summary.config
+    engine = config.get("engine") or {}
+    rows = [("engine", engine.get("kind")), ("model", engine.get("model")), ("search space", summary.space),
+            ("objective", summary.objective), ("trial budget", (config.get("search") or {}).get("trials")),
+            ("SLOs", slo_text(config))]
+    return rows + [(f"workload.{k}", v) for k, v in flatten(config.get("workload") or {})]
+
+
+def render_run_report(result: dict, records: list[RequestRecord], title: str) -> str:
+    """The bench report of one run: verdict, SLO checks, config, figures, metrics, environment."""
+    context = {
+        "title": title,
+        "simulated": bool(result.get("simulated")),
+        "run": _run_view(result, records, None if records else "no request records: no per-request figures"),
+    }
+    return _ENV.get_template("run.html.j2").render(context)

@@ -1,0 +1,51 @@
+"""The recommended config (`recommended.yaml`): the best trial's full engine config, ready to paste.
+
+The `engine:` block is the exact resolved engine config the best trial ran (`kind`, `model`, and
+every other field as `params`), so pasting it into an experiment config and running
+`harness bench` reruns that configuration. Alongside: what it was tuned for and what it measured.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.store import write_yaml
+from harness.summary import StudySummary
+from reports.results import key_metrics, slo_margins
+
+
+def recommended_config(summary: StudySummary) -> dict | None:
+    """The recommended.yaml document for `summary.best`, or None when no trial met the SLOs."""
+    best = summary.best
+    if best is None:
+        return None
+    result = best.result
+    params = dict(result["engine"]["config"])
+    model = params.pop("model", None)
+    simulated = bool(result.get("simulated"))
+    note = (f"Recommended engine config from study '{summary.name}', trial {best.number} "
+            f"({summary.objective} = {best.value:.6g}), the best of the trials that met every SLO. "
+            "Paste `engine:` into an experiment config and run `harness bench` to reproduce.")
+    if simulated:
+        note += " SIMULATED engine: these numbers describe a service model, not hardware."
+    return {
+        "note": note,
+        "simulated": simulated,
+        "engine": {"kind": result["engine"]["kind"], "model": model, "params": params},
+        "objective": {"expression": summary.objective, "direction": summary.direction, "metric": summary.metric,
+                      "value": best.value},
+        "measured": {**key_metrics(result), "counts": result["counts"]},
+        "slo_margins": slo_margins(result),
+        "workload": result["workload"],
+        "fingerprint": result["fingerprint"],
+        "trial": {"study": summary.name, "number": best.number, "dir": str(best.dir),
+                  "started_at": result.get("started_at"), "finished_at": result.get("finished_at")},
+    }
+
+
+def write_recommended(summary: StudySummary, path: Path | str) -> bool:
+    """Write recommended.yaml atomically; write nothing and return False when there is no best trial."""
+    doc = recommended_config(summary)
+    if doc is None:
+        return False
+    write_yaml(Path(path), doc)
+    return True
