@@ -1,8 +1,10 @@
 """A finished (or partial) study read back for reports: trials, their results, and the chosen one.
 
-Choosing: among completed trials that pass every SLO (and the error-rate limit), the best
-objective value wins; a tie goes to the lower trial number. When none passes, nothing is
-recommended and the closest miss (smallest total relative SLO excess) is named instead.
+Choosing: among completed trials that pass every SLO (and the error-rate limit), those whose
+objective is within `TIE_TOLERANCE` of the best value are treated as tied (measurement noise is
+larger than that), and of those the one with the most SLO headroom (largest smallest margin) wins,
+then the lower trial number. When none passes, nothing is recommended and the closest miss
+(smallest total relative SLO excess) is named instead.
 """
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from pathlib import Path
 import optuna
 
 from harness.config import parse_objective
+from harness.errors import ConfigError
 from harness.store import RunDir, TrialFiles, read_json
 from harness.tuner import constraint_violations
+
+TIE_TOLERANCE = 0.01
 
 _STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "infeasible",
            optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -36,6 +41,12 @@ class TrialRow:
         return bool(self.result and self.result["slo_pass"])
 
     @property
+    def slo_headroom(self) -> float:
+        """The smallest relative SLO margin (0 when the config has no SLO)."""
+        margins = [c["margin"] for c in self.result["slo"] if c["margin"] is not None] if self.result else []
+        return min(margins, default=0.0)
+
+    @property
     def slo_excess(self) -> float:
         """Sum of relative SLO overshoots (0 when every SLO is met)."""
         return sum(max(v, 0.0) for v in constraint_violations(self.result).values()) if self.result else float("inf")
@@ -51,6 +62,7 @@ class StudySummary:
     space: str
     trials: list[TrialRow] = field(default_factory=list)
     best: TrialRow | None = None
+    choice: str = ""  # one sentence: why `best` (or the closest miss) was chosen
     closest_miss: TrialRow | None = None
 
     @property
@@ -78,18 +90,34 @@ def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
                              read_json(tdir / TrialFiles.RESULT) if state == "complete" else None))
     summary = StudySummary(name=config["name"], objective=objective, direction=direction, metric=metric,
                            config=config, space=config["search"]["space"], trials=rows)
-    sign = 1 if direction == "maximize" else -1
+    choose(summary)
+    return summary
+
+
+def choose(summary: StudySummary) -> None:
+    """Set `best`, `choice` and `closest_miss` on `summary` by the rule in the module docstring."""
+    sign = 1 if summary.direction == "maximize" else -1
+    metric = summary.metric
     passing = [t for t in summary.completed if t.slo_pass]
     if passing:
-        summary.best = max(passing, key=lambda t: (sign * t.value, -t.number))
+        top = max(sign * t.value for t in passing)
+        tied = [t for t in passing if sign * t.value >= top - TIE_TOLERANCE * abs(top)]
+        summary.best = max(tied, key=lambda t: (t.slo_headroom, -t.number))
+        summary.choice = (
+            f"it has the {'highest' if sign > 0 else 'lowest'} {metric} of the {len(passing)} trials that met every SLO"
+            if len(tied) == 1 else
+            f"{len(tied)} of the {len(passing)} trials that met every SLO are within {TIE_TOLERANCE:.0%} of the best "
+            f"{metric} (a tie within measurement noise); of those it has the most SLO headroom "
+            f"(smallest margin {summary.best.slo_headroom:.1%})")
     elif summary.completed:
         summary.closest_miss = min(summary.completed, key=lambda t: (t.slo_excess, -sign * t.value, t.number))
-    return summary
+        summary.choice = (f"no trial met every SLO; trial {summary.closest_miss.number} overshoots them least "
+                          f"(total relative excess {summary.closest_miss.slo_excess:.1%})")
 
 
 def _load(run_dir: RunDir, storage: str | None) -> optuna.Study:
     url = storage or run_dir.storage_url()
     names = optuna.get_all_study_names(storage=url)
     if len(names) != 1:
-        raise ValueError(f"{url}: expected one study, found {len(names)}: {names}")
+        raise ConfigError(f"{url}: expected one study, found {len(names)}: {names}")
     return optuna.load_study(study_name=names[0], storage=url)
