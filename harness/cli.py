@@ -19,6 +19,8 @@ from harness.tuner import TrialOutcome, Tuner, run_trial_process
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Benchmark and autotune LLM inference engines.")
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: wide enough for the trial table
+    console.width = max(console.width, 140)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -93,21 +95,27 @@ def _write_outputs(rdir: RunDir, storage: str | None) -> None:
 
 
 def _print_summary(summary) -> None:
+    params = list(dict.fromkeys(k for t in summary.trials for k in t.params))
     table = Table(title=f"{summary.name}: {len(summary.completed)} of {len(summary.trials)} trials completed")
-    for col in ("trial", "state", "objective", "ttft p95 ms", "tpot p95 ms", "out tok/s", "SLO", "params / reason"):
-        table.add_column(col)
+    for col in ("#", "state", summary.metric, "ttft p95 ms", "tpot p95 ms", "out tok/s", "SLO", *params):
+        table.add_column(col, overflow="fold")
     for t in summary.trials:
         d = t.result["distributions"] if t.result else {}
         s = t.result["scalars"] if t.result else {}
-        mark = " [bold green]<- best[/]" if summary.best is t else ""
-        table.add_row(str(t.number), t.state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
+        star = "*" if summary.best is t else ""
+        table.add_row(f"{t.number}{star}", t.state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
                       _fmt(d.get("tpot_ms", {}).get("p95")), _fmt(s.get("output_throughput_tok_s")),
                       ("pass" if t.slo_pass else "miss") if t.result else "-",
-                      escape(_params(t.params) if t.state == "complete" else (t.reason or "")) + mark)
+                      *(escape(_fmt(t.params[p]) if isinstance(t.params.get(p), float) else str(t.params.get(p, "")))
+                        for p in params))
     console.print(table)
-    if summary.best is None:
-        console.print("[red]no trial met the SLOs[/]" + (f"; closest miss: trial {summary.closest_miss.number}"
-                                                         if summary.closest_miss else ""))
+    for t in summary.trials:
+        if t.reason:
+            console.print(f"  trial {t.number} {t.state}: {escape(t.reason)}", highlight=False)
+    chosen = summary.best or summary.closest_miss
+    if chosen is not None:
+        label = "[bold green]recommended[/]" if summary.best else "[red]no trial met the SLOs[/]; closest miss"
+        console.print(f"{label}: trial {chosen.number} ({escape(summary.choice)})", highlight=False)
     if summary.simulated:
         console.print("[yellow]SIMULATED engine: numbers describe a service model, not hardware[/]")
 
