@@ -10,10 +10,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[transformers]'
+	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers]'
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[transformers,dev]'
+	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers,dev]'
 
 demo: install
 	$(BIN)/harness tune examples/quickstart.yaml

@@ -96,8 +96,9 @@ class EngineAdapter(abc.ABC):
     kind: ClassVar[str]
     Config: ClassVar[type[EngineConfig]]
 
-    def check(self, config: EngineConfig, hardware: Hardware) -> str | None:
-        """Return why `config` cannot run on `hardware`, or None if it may be launched."""
+    def check(self, config: EngineConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
+        """Return why `config` cannot run on `hardware` (or cannot hold a sequence of `max_sequence_tokens`
+        prompt + output tokens, when given), or None if it may be launched."""
         return None
 
     @abc.abstractmethod

@@ -198,10 +198,13 @@ class MockAdapter(EngineAdapter):
     kind = "mock"
     Config = MockConfig
 
-    def check(self, config: MockConfig, hardware: Hardware) -> str | None:
+    def check(self, config: MockConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
         if config.max_num_tokens < config.max_batch_size:
             return (f"max_num_tokens ({config.max_num_tokens}) < max_batch_size ({config.max_batch_size}): "
                     "a full batch of decodes would not fit in one step")
+        if max_sequence_tokens and max_sequence_tokens > config.kv_capacity_tokens():
+            return (f"KV cache holds {config.kv_capacity_tokens()} tokens, fewer than the longest sequence of "
+                    f"the workload ({max_sequence_tokens} tokens)")
         return None
 
     @contextlib.asynccontextmanager

@@ -202,7 +202,8 @@ class TransformersAdapter(EngineAdapter):
     kind = "transformers"
     Config = TransformersConfig
 
-    def check(self, config: TransformersConfig, hardware: Hardware) -> str | None:
+    def check(self, config: TransformersConfig, hardware: Hardware,
+              max_sequence_tokens: int | None = None) -> str | None:
         if config.device == "cuda" and hardware.gpu_count == 0:
             return "device cuda requested but this machine has no GPU"
         device = _device(config, hardware.gpu_count > 0)
@@ -215,17 +216,13 @@ class TransformersAdapter(EngineAdapter):
             arch = model_config(config.model)
         except (ValueError, OSError) as e:
             return str(e)
-        if device == "cpu" and cpu_num_blocks(config, arch) < 1:
-            return (f"KV budget of {config.kv_cache_fraction * config.cpu_kv_budget_mib:.2f} MiB holds no "
-                    f"{kv_block_bytes(config, arch)}-byte block of {config.page_size} tokens")
+        if device == "cpu":  # on CUDA the capacity follows free memory after loading: known only once started
+            capacity = cpu_num_blocks(config, arch) * config.page_size
+            if capacity < (max_sequence_tokens or 1):
+                return (f"KV cache of {config.kv_cache_fraction * config.cpu_kv_budget_mib:.2f} MiB holds "
+                        f"{capacity} tokens, fewer than the longest sequence of the workload "
+                        f"({max_sequence_tokens or 1} tokens)")
         return None
-
-    def kv_capacity_tokens(self, config: TransformersConfig, hardware: Hardware) -> int | None:
-        """KV cache capacity in tokens before starting; None on CUDA, where it follows free memory after loading
-        (the started engine's `kv_capacity_tokens` has it). Raises like `resolve_model` for a bad model."""
-        if _device(config, hardware.gpu_count > 0) == "cuda":
-            return None
-        return cpu_num_blocks(config, model_config(config.model)) * config.page_size
 
     @contextlib.asynccontextmanager
     async def start(self, config: TransformersConfig):

@@ -44,7 +44,7 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
     """Run `cfg` once and write the trial files into `out_dir`; return the result dict."""
     adapter = get_adapter(cfg.engine.kind)
     engine_cfg = cfg.engine.resolve()
-    reason = adapter.check(engine_cfg, Hardware.detect())
+    reason = adapter.check(engine_cfg, Hardware.detect(), cfg.workload.max_sequence_tokens())
     if reason:
         raise Infeasible(reason)
     started_at = dt.datetime.now(dt.timezone.utc)

@@ -9,6 +9,7 @@ or Ctrl-C is marked failed ("interrupted") and its params are queued to run agai
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import signal
@@ -62,14 +63,24 @@ def constraint_violations(result: dict) -> dict[str, float]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it if the harness dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed harness may leave the trial running until it ends
+
+
 def run_trial_process(trial_dir: Path, timeout_s: float) -> tuple[str, str | None]:
     """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
 
-    The child gets its own process group so a timeout or Ctrl-C kills the engine with it.
+    The child gets its own process group so a timeout or Ctrl-C kills the engine with it, and dies
+    with the harness if the harness is killed, so no orphan holds the GPU.
     """
     with (trial_dir / TrialFiles.LOG).open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             code = proc.wait(timeout=timeout_s)
@@ -192,7 +203,7 @@ class Tuner:
                 engine_cfg = self.cfg.engine.resolve(params)
             except ValueError as exc:
                 engine_cfg, reason = None, f"invalid engine config: {exc}"
-            reason = reason or self.adapter.check(engine_cfg, self.hardware)
+            reason = reason or self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens())
         if reason:
             trial.set_user_attr("reason", reason)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)

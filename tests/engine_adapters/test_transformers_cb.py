@@ -67,15 +67,18 @@ def test_check_rejects_infeasible_configs():
     old_gpu = Hardware(gpu_count=1, compute_capability=(7, 5))
     assert "bfloat16" in adapter.check(TransformersConfig(dtype="bfloat16"), old_gpu)
     assert adapter.check(TransformersConfig(dtype="float16"), old_gpu) is None
-    assert "holds no" in adapter.check(TransformersConfig(cpu_kv_budget_mib=0.01), CPU)
+    assert "holds 0 tokens" in adapter.check(TransformersConfig(cpu_kv_budget_mib=0.01), CPU)
     assert adapter.check(TransformersConfig(), CPU) is None
 
 
 def test_kv_capacity_on_cpu_follows_the_budget():
     adapter = TransformersAdapter()
-    # tiny-llama: 4 layers x 2 KV heads x 64 dims x 4 bytes x 2 (K, V) = 4 KiB per token
-    assert adapter.kv_capacity_tokens(TransformersConfig(cpu_kv_budget_mib=8, kv_cache_fraction=0.5), CPU) == 1024
-    assert adapter.kv_capacity_tokens(TransformersConfig(), Hardware(gpu_count=1)) is None
+    # tiny-llama: 4 layers x 2 KV heads x 64 dims x 4 bytes x 2 (K, V) = 4 KiB per token: 4 MiB hold 1024
+    config = TransformersConfig(cpu_kv_budget_mib=8, kv_cache_fraction=0.5)
+    assert adapter.check(config, CPU, max_sequence_tokens=1024) is None
+    assert "holds 1024 tokens, fewer than the longest sequence of the workload (1025 tokens)" in adapter.check(
+        config, CPU, max_sequence_tokens=1025)
+    assert adapter.check(config, Hardware(gpu_count=1), max_sequence_tokens=10**9) is None  # known only on start
 
 
 async def _collect(engine, request: RequestSpec) -> list[StreamEvent]:

@@ -72,3 +72,13 @@ def test_invalid_distributions_are_rejected(bad):
 def test_seeds_from_base_are_deterministic_and_distinct():
     s = Seeds.from_base(3)
     assert s == Seeds.from_base(3) and len({s.lengths, s.content, s.arrival}) == 3
+
+
+def test_bundled_workloads_validate_and_are_usable_by_name(tmp_path):
+    from harness.config import parse_config
+    from workloads import catalog_names
+
+    assert {"chat", "summarization", "bursty", "offline-batch"} <= set(catalog_names())
+    for name in catalog_names():
+        cfg = parse_config({"name": "x", "engine": {"kind": "mock"}, "workload": name}, "test")
+        assert len(list(cfg.workload.generate(SPACE))) == cfg.workload.requests
