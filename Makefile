@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers]'

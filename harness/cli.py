@@ -49,10 +49,14 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
     if already:
         console.print(f"resuming: {already} trial(s) already finished")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=False)
+                        TimeElapsedColumn(), TextColumn("{task.fields[status]}", style="dim"),
+                        console=console, transient=False)
 
     def on_start(number: int, params: dict) -> None:
-        progress.update(task, description=f"trial {number}: {_params(params)}")
+        progress.update(task, description=f"trial {number}: {_params(params)}", status="starting")
+
+    def on_log(line: str) -> None:
+        progress.update(task, status=escape(line.split("] ", 1)[-1][:60]))
 
     def on_end(o: TrialOutcome) -> None:
         progress.update(task, completed=tuner.finished())
@@ -64,9 +68,9 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
             progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
 
     with progress:
-        task = progress.add_task("tuning", total=cfg.search.trials, completed=already)
+        task = progress.add_task("tuning", total=cfg.search.trials, completed=already, status="")
         try:
-            tuner.run(on_start, on_end)
+            tuner.run(on_start, on_end, on_log)
         except KeyboardInterrupt:
             progress.stop()
             console.print("[yellow]interrupted[/]: finished trials are saved; run the same command to resume")
@@ -132,8 +136,10 @@ def bench(config: Path = typer.Argument(..., help="experiment config YAML (its s
     for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.LOG):
         (out_dir / name).unlink(missing_ok=True)
     write_yaml(out_dir / TrialFiles.CONFIG, cfg.model_dump(mode="json", exclude={"search"}))
-    with console.status(f"benchmarking {cfg.name} on {cfg.engine.kind} (log: {out_dir / TrialFiles.LOG})"):
-        state, reason = run_trial_process(out_dir, timeout_s)
+    title = f"benchmarking {cfg.name} on {cfg.engine.kind} (log: {out_dir / TrialFiles.LOG})"
+    with console.status(title) as status:
+        state, reason = run_trial_process(
+            out_dir, timeout_s, lambda line: status.update(f"{title}: {escape(line.split('] ', 1)[-1])}"))
     if state != "complete":
         raise HarnessError(f"bench {state}: {reason}")
     result = read_json(out_dir / TrialFiles.RESULT)

@@ -71,22 +71,28 @@ def _die_with_parent() -> None:
         pass  # not Linux: a killed harness may leave the trial running until it ends
 
 
-def run_trial_process(trial_dir: Path, timeout_s: float) -> tuple[str, str | None]:
+def run_trial_process(trial_dir: Path, timeout_s: float,
+                      on_log: Callable[[str], None] | None = None) -> tuple[str, str | None]:
     """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
 
     The child gets its own process group so a timeout or Ctrl-C kills the engine with it, and dies
-    with the harness if the harness is killed, so no orphan holds the GPU.
+    with the harness if the harness is killed, so no orphan holds the GPU. `on_log` gets the last
+    line of the trial's log about twice a second (for progress display).
     """
     with (trial_dir / TrialFiles.LOG).open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout_s
         try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
+            while (code := proc.poll()) is None:
+                if time.monotonic() > deadline:
+                    _kill_group(proc)
+                    return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
+                if on_log:
+                    on_log(_log_tail(trial_dir / TrialFiles.LOG, lines=1))
+                time.sleep(0.5)
         except BaseException:
             _kill_group(proc)
             raise
@@ -172,8 +178,12 @@ class Tuner:
         return sum(1 for t in self.study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("interrupted"))
 
     def run(self, on_start: Callable[[int, dict], None] | None = None,
-            on_end: Callable[[TrialOutcome], None] | None = None) -> None:
-        """Run trials until `search.trials` have finished; safe to interrupt and call again."""
+            on_end: Callable[[TrialOutcome], None] | None = None,
+            on_log: Callable[[str], None] | None = None) -> None:
+        """Run trials until `search.trials` have finished; safe to interrupt and call again.
+
+        Callbacks: `on_start(number, params)`, `on_end(outcome)`, and `on_log(line)` with the running
+        trial's latest log line."""
         self._recover_interrupted()
         while self.finished() < self.cfg.search.trials:
             trial = self.study.ask()
@@ -182,7 +192,7 @@ class Tuner:
                 on_start(trial.number, params)
             t0 = time.monotonic()
             try:
-                outcome = self._evaluate(trial, params)
+                outcome = self._evaluate(trial, params, on_log)
             except BaseException:
                 trial.set_user_attr("reason", "interrupted: harness was stopped mid-trial")
                 trial.set_user_attr("interrupted", True)
@@ -193,7 +203,7 @@ class Tuner:
             if on_end:
                 on_end(outcome)
 
-    def _evaluate(self, trial: optuna.Trial, params: dict) -> TrialOutcome:
+    def _evaluate(self, trial: optuna.Trial, params: dict, on_log: Callable[[str], None] | None) -> TrialOutcome:
         number = trial.number
         reason = self.space.broken_rule(params, self.hardware.gpu_count)
         if reason:
@@ -216,7 +226,7 @@ class Tuner:
         trial_cfg = self.cfg.model_dump(mode="json", exclude={"search"})
         trial_cfg["engine"]["params"] = {**trial_cfg["engine"]["params"], **params}
         write_yaml(trial_dir / TrialFiles.CONFIG, trial_cfg)
-        state, reason = run_trial_process(trial_dir, self.cfg.search.trial_timeout_s)
+        state, reason = run_trial_process(trial_dir, self.cfg.search.trial_timeout_s, on_log)
         if state != "complete":
             trial.set_user_attr("reason", reason)
             tstate = optuna.trial.TrialState.PRUNED if state == "infeasible" else optuna.trial.TrialState.FAIL
