@@ -56,7 +56,7 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
         progress.update(task, description=f"trial {number}: {_params(params)}", status="starting")
 
     def on_log(line: str) -> None:
-        progress.update(task, status=escape(line.split("] ", 1)[-1][:60]))
+        progress.update(task, status=escape(line.split("] ", 1)[-1][:40]))
 
     def on_end(o: TrialOutcome) -> None:
         progress.update(task, completed=tuner.finished())

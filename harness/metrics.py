@@ -193,6 +193,13 @@ def compute(records: list[RequestRecord], limits: list[SloLimit] = ()) -> dict:
     return {"counts": counts, "window": window, "distributions": distributions, "scalars": scalars, "slo": slo}
 
 
+def metric_value(result: dict, metric: str, statistic: str | None = None) -> float | None:
+    """`metric`'s value in a run result: a distribution statistic (`statistic` required) or a scalar."""
+    if METRICS[metric].kind == "distribution":
+        return result["distributions"][metric][statistic]
+    return result["scalars"][metric]
+
+
 def slo_check(lim: SloLimit, summary: dict) -> dict:
     """Compare one run-level limit with the measured statistic; margin > 0 means headroom."""
     measured = summary.get(lim.statistic)

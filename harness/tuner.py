@@ -26,6 +26,7 @@ import optuna
 from engine_adapters import Hardware, get_adapter
 from harness.config import ExperimentConfig, parse_objective
 from harness.errors import ConfigError
+from harness.metrics import metric_value
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from search_spaces import SearchSpace, SpaceError, load_space
 
@@ -48,7 +49,7 @@ class TrialOutcome:
 def objective_value(result: dict, objective: str) -> float | None:
     """The objective's value in a result dict, or None when it is undefined (e.g. no completed request)."""
     _, metric, stat = parse_objective(objective)
-    value = result["distributions"][metric][stat] if stat else result["scalars"][metric]
+    value = metric_value(result, metric, stat)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
@@ -164,13 +165,17 @@ class Tuner:
             raise ConfigError(f"{self.run_dir.path}: holds a study of a different config (only search.trials may "
                               "change between runs); pass --run-dir for a new study or delete the directory")
 
+    def _mark_interrupted(self, trial: optuna.Trial) -> None:
+        """Fail a trial cut off by a stop of the harness (it does not count) and queue its params again."""
+        trial.set_user_attr("reason", "harness was stopped mid-trial; its params were queued to run again")
+        trial.set_user_attr("interrupted", True)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, skip_if_exists=False)
+
     def _recover_interrupted(self) -> None:
-        """Mark trials left RUNNING by a killed process as failed and queue their params again."""
+        """Trials a killed harness left RUNNING: mark them interrupted."""
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self.study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted: harness was stopped mid-trial")
-            self.study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            self.study.enqueue_trial(t.params, skip_if_exists=False)
+            self._mark_interrupted(optuna.Trial(self.study, t._trial_id))
 
     def finished(self) -> int:
         """Trials that count toward the budget: complete, pruned, or failed for a reason other than interruption."""
@@ -194,10 +199,7 @@ class Tuner:
             try:
                 outcome = self._evaluate(trial, params, on_log)
             except BaseException:
-                trial.set_user_attr("reason", "interrupted: harness was stopped mid-trial")
-                trial.set_user_attr("interrupted", True)
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                self.study.enqueue_trial(params, skip_if_exists=False)
+                self._mark_interrupted(trial)
                 raise
             outcome.duration_s = time.monotonic() - t0
             if on_end:

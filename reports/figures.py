@@ -20,10 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from harness.config import parse_objective
-from harness.metrics import METRICS, request_values, summarize
+from harness.metrics import METRICS, metric_value, request_values, summarize
 from harness.records import RequestRecord
 from harness.summary import StudySummary
-from reports.results import metric_value
 
 WIDTH_IN = 9.0  # about 860 px in a browser; readable scaled down to ~700 px
 PASS, MISS, FAILED, INFEASIBLE, OTHER = "#2e7d32", "#ef6c00", "#c62828", "#757575", "#9e9e9e"

@@ -19,13 +19,13 @@ from markupsafe import Markup, escape
 
 from harness import __version__
 from harness.config import parse_objective
-from harness.metrics import METRICS, summarize
+from harness.metrics import METRICS, metric_value, summarize
 from harness.records import RequestRecord, read_records
 from harness.store import TrialFiles
 from harness.summary import StudySummary, TrialRow
 from reports import figures
 from reports.recommended import recommended_config
-from reports.results import metric_value, slo_margins
+from reports.results import slo_margins
 
 STATE_ORDER = ("complete", "failed", "infeasible", "interrupted", "running", "queued")
 # Columns of the trial and comparison tables: (metric, statistic or None for scalars).

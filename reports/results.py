@@ -4,7 +4,7 @@ Shared by the HTML report and the recommended-config writer so both show the sam
 """
 from __future__ import annotations
 
-from harness.metrics import METRICS
+from harness.metrics import metric_value
 
 # The metrics a reader looks at first, as (metric, statistic or None for scalars).
 KEY_METRICS: tuple[tuple[str, str | None], ...] = (
@@ -14,13 +14,6 @@ KEY_METRICS: tuple[tuple[str, str | None], ...] = (
     ("output_throughput_tok_s", None), ("request_throughput_req_s", None), ("goodput_req_s", None),
     ("slo_attainment", None), ("error_rate", None),
 )
-
-
-def metric_value(result: dict, metric: str, statistic: str | None = None) -> float | None:
-    """`metric`'s value in `result`: a distribution statistic (`statistic` required) or a scalar."""
-    if METRICS[metric].kind == "distribution":
-        return result["distributions"][metric][statistic]
-    return result["scalars"][metric]
 
 
 def key_metrics(result: dict) -> dict:

@@ -1,6 +1,5 @@
 """The load generator against the mock engine, whose true timings `simulate` computes exactly."""
 import asyncio
-import contextlib
 
 import numpy as np
 import pytest

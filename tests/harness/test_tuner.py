@@ -71,7 +71,7 @@ def test_interrupted_trial_is_marked_and_rerun(tmp_path):
     tuner.space.suggest(stale)
     Tuner(cfg, run_dir, config_dir=tmp_path).run()
     trials = load_study(run_dir).trials
-    assert trials[0].state == "interrupted" and "interrupted" in trials[0].reason
+    assert trials[0].state == "interrupted" and "stopped mid-trial" in trials[0].reason
     assert trials[1].params == trials[0].params  # queued again with the same params
     assert sum(t.state == "complete" for t in trials) == 2
 
