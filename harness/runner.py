@@ -23,6 +23,16 @@ OnDone = Callable[[RequestRecord], None]
 _START_LEAD_NS = 20_000_000
 
 
+def run_event_loop(coro):
+    """Run `coro` to completion on uvloop where installed (less scheduling overhead per request at
+    high rates), else on the standard asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 async def preflight(engine: Engine, request: RequestSpec, timeout_s: float) -> None:
     """Send one short request before measuring; raise PreflightError saying what to fix if it fails."""
     probe = dataclasses.replace(request, id="preflight", max_output_tokens=min(request.max_output_tokens, 4),

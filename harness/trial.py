@@ -7,7 +7,6 @@ optionally `telemetry.csv`, and last `result.json` are written; on a handled fai
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import platform
 import sys
@@ -21,7 +20,7 @@ from harness.config import ExperimentConfig, load_config
 from harness.errors import HarnessError, PreflightError
 from harness.metrics import compute
 from harness.records import RequestRecord, write_records
-from harness.runner import preflight, run
+from harness.runner import preflight, run, run_event_loop
 from harness.store import SCHEMA_VERSION, TrialFiles, write_json
 from harness.telemetry import TelemetrySampler, driver_info, energy_per_output_token_j
 from workloads import Closed
@@ -107,7 +106,7 @@ def main(trial_dir: str) -> int:
     out = Path(trial_dir)
     try:
         cfg = load_config(out / TrialFiles.CONFIG)
-        result = asyncio.run(measure(cfg, out))
+        result = run_event_loop(measure(cfg, out))
     except Infeasible as exc:
         kind, reason = "infeasible", str(exc)
     except PreflightError as exc:
