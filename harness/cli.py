@@ -178,6 +178,47 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
         raise ConfigError(f"{run_dir}: no study.db and no result.json: not a run directory")
 
 
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="a bench or trial directory (result.json), or a study run dir"),
+           format: str = typer.Option(..., "--format", help="vllm | trtllm-bench"),
+           origin: str = typer.Option("harness", help="harness: latency from the scheduled time (open loop); "
+                                      "sent: from the send time, as vLLM and trtllm-bench measure"),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)")) -> None:
+    """Write a run's metrics in the field names of vLLM `bench serve` or trtllm-bench `--report_json`."""
+    import json
+
+    from harness.export import to_trtllm_bench, to_vllm
+    from harness.records import read_records
+
+    writers = {"vllm": to_vllm, "trtllm-bench": to_trtllm_bench}
+    if format not in writers or origin not in ("harness", "sent"):
+        raise ConfigError(f"--format must be one of {', '.join(writers)} and --origin harness or sent")
+    run = _result_dir(run_dir)
+    doc = writers[format](read_json(run / TrialFiles.RESULT), read_records(run / TrialFiles.RECORDS), origin=origin)
+    text = json.dumps(doc, indent=2) + "\n"
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output} (from {run})")
+    else:
+        sys.stdout.write(text)
+
+
+def _result_dir(run_dir: Path) -> Path:
+    """`run_dir` itself when it holds a result.json, else the recommended trial of the study in it."""
+    if (run_dir / TrialFiles.RESULT).exists():
+        return run_dir
+    rdir = RunDir(run_dir)
+    if not rdir.study_db.exists():
+        raise ConfigError(f"{run_dir}: no result.json and no study.db: not a run directory")
+    from harness.summary import load_study
+
+    summary = load_study(rdir)
+    if summary.best is None:
+        raise ConfigError(f"{run_dir}: no trial met the SLOs, so there is no recommended trial to export; "
+                          "pass a trial directory (runs/<name>/trials/<n>)")
+    return summary.best.dir
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2 (click), HarnessErrors exit with their own code."""
     try:

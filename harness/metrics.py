@@ -175,7 +175,8 @@ def compute(records: list[RequestRecord], limits: list[SloLimit] = ()) -> dict:
                      for name, m in METRICS.items() if m.kind == "distribution"}
 
     out_tokens = sum(r.output_tokens for r in ok)
-    in_tokens = sum(r.input_tokens or 0 for r in ok)
+    # text prompts have no known input length: then total token throughput is unknown, not understated
+    in_tokens = None if any(r.input_tokens is None for r in ok) else sum(r.input_tokens for r in ok)
     meeting = sum(request_meets_slo(r, list(limits)) for r in measured)
 
     def rate(x: float) -> float | None:
@@ -183,7 +184,7 @@ def compute(records: list[RequestRecord], limits: list[SloLimit] = ()) -> dict:
 
     scalars = {
         "output_throughput_tok_s": rate(out_tokens),
-        "total_token_throughput_tok_s": rate(out_tokens + in_tokens),
+        "total_token_throughput_tok_s": None if in_tokens is None else rate(out_tokens + in_tokens),
         "request_throughput_req_s": rate(len(ok)),
         "goodput_req_s": rate(meeting),
         "slo_attainment": meeting / len(measured) if measured else None,

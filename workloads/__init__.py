@@ -9,9 +9,10 @@ from pydantic import Field
 from workloads.arrival import ArrivalProcess, Closed
 from workloads.request import RequestSpec, TokenSpace
 from workloads.synthetic import Seeds, SyntheticWorkload
+from workloads.trtllm_dataset import TrtllmDatasetWorkload
 
 # The union of workload kinds; later kinds (dataset, trace) join it here.
-WorkloadConfig = Annotated[Union[SyntheticWorkload], Field(discriminator="kind")]
+WorkloadConfig = Annotated[Union[SyntheticWorkload, TrtllmDatasetWorkload], Field(discriminator="kind")]
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 

@@ -128,3 +128,17 @@ def test_tune_on_the_real_transformers_engine(tmp_path):
         assert r["counts"]["completed"] == 14 and r["counts"]["output_length_mismatch"] == 0
         assert r["telemetry"]["available"] is False and "no GPU telemetry" in r["telemetry"]["reason"]
     assert "SIMULATED ENGINE" not in run.report.read_text()
+
+
+def test_export_writes_vllm_and_trtllm_bench_field_names(tmp_path):
+    assert harness("bench", str(config(tmp_path)), cwd=tmp_path).returncode == 0
+    out = tmp_path / "runs" / "cli" / "bench"
+    proc = harness("export", str(out), "--format", "vllm", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    result = json.loads((out / TrialFiles.RESULT).read_text())
+    assert doc["completed"] == result["counts"]["completed"]
+    assert doc["p99_ttft_ms"] == pytest.approx(result["distributions"]["ttft_ms"]["p99"])
+    proc = harness("export", str(out), "--format", "trtllm-bench", "-o", str(tmp_path / "t.json"), cwd=tmp_path)
+    assert proc.returncode == 0 and "performance" in json.loads((tmp_path / "t.json").read_text())
+    assert harness("export", str(out), "--format", "csv", cwd=tmp_path).returncode == 2

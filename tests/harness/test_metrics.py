@@ -107,3 +107,9 @@ def test_chunks_are_spread_evenly_over_the_gap():
 def test_output_length_mismatch_is_counted():
     m = compute([rec("a", 0, 0, [1, 2], expected=5)])
     assert m["counts"]["output_length_mismatch"] == 1
+
+
+def test_total_token_throughput_is_unknown_for_text_prompts():
+    m = compute([rec("a", 0, 0, [10, 20], inp=None)])
+    assert m["scalars"]["total_token_throughput_tok_s"] is None
+    assert m["scalars"]["output_throughput_tok_s"] == pytest.approx(100.0)
