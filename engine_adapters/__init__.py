@@ -8,6 +8,7 @@ from engine_adapters.base import Engine, EngineAdapter, EngineConfig, Hardware, 
 # kind -> "module:class"; modules are imported only when their kind is used.
 _ADAPTERS = {
     "mock": "engine_adapters.mock:MockAdapter",
+    "openai": "engine_adapters.openai_http:OpenAIAdapter",
     "transformers": "engine_adapters.transformers_cb:TransformersAdapter",
 }
 

@@ -26,11 +26,16 @@ from workloads import RequestSpec, TokenSpace
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """`n_tokens` new output tokens observed at `t_ns` (time.perf_counter_ns); `error` ends the stream."""
+    """`n_tokens` new output tokens observed at `t_ns` (time.perf_counter_ns); `error` ends the stream.
+
+    `server_t_ns` is the server's own send time of the chunk, where a server on this machine reports
+    one on the same monotonic clock (the harness mock server does); calibration compares the two.
+    """
 
     t_ns: int
     n_tokens: int = 0
     error: str | None = None
+    server_t_ns: int | None = None
 
 
 @dataclass(frozen=True)

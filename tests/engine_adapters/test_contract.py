@@ -6,14 +6,31 @@ import pytest
 from pydantic import ValidationError
 
 from engine_adapters import Hardware, adapter_kinds, get_adapter
+from engine_adapters.mock_server import MockServerConfig, run_mock_server
 from workloads import RequestSpec
 
-# Small, fast configs of each adapter on this CPU-only machine.
+# Small, fast configs of each adapter on this CPU-only machine; `openai` drives the mock server.
 CONFIGS = {
     "mock": {"step_ms": 1},
+    "openai": {"model": "mock"},
     "transformers": {"model": "builtin:tiny-llama", "max_batch_size": 4, "max_num_tokens": 128},
 }
+SIMULATED = {"mock", "openai"}
 ADAPTERS = [pytest.param(k, marks=pytest.mark.slow) if k == "transformers" else k for k in CONFIGS]
+
+
+@pytest.fixture(scope="module")
+def mock_server_url():
+    with run_mock_server(MockServerConfig(ttft_ms=1, itl_ms=1)) as url:
+        yield url
+
+
+def make_config(kind, request):
+    """CONFIGS[kind] as the adapter's Config; for `openai`, pointed at the module's mock server."""
+    params = dict(CONFIGS[kind])
+    if kind == "openai":
+        params["base_url"] = request.getfixturevalue("mock_server_url")
+    return get_adapter(kind).Config(**params)
 
 
 def test_every_registered_adapter_is_covered():
@@ -32,9 +49,9 @@ async def collect(engine, spec):
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)
-def test_concurrent_streams_deliver_exactly_the_requested_tokens_in_time_order(kind):
+def test_concurrent_streams_deliver_exactly_the_requested_tokens_in_time_order(kind, request):
     adapter = get_adapter(kind)
-    config = adapter.Config(**CONFIGS[kind])
+    config = make_config(kind, request)
     assert adapter.check(config, Hardware()) is None
 
     async def go():
@@ -54,10 +71,10 @@ def test_concurrent_streams_deliver_exactly_the_requested_tokens_in_time_order(k
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)
-def test_engine_can_be_started_twice_in_one_process(kind):
+def test_engine_can_be_started_twice_in_one_process(kind, request):
     """Trials rebuild engines; leaving the context must free everything for the next start."""
     adapter = get_adapter(kind)
-    config = adapter.Config(**CONFIGS[kind])
+    config = make_config(kind, request)
 
     async def once():
         async with adapter.start(config) as engine:
@@ -67,12 +84,12 @@ def test_engine_can_be_started_twice_in_one_process(kind):
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
-def test_fingerprint_and_config_validation(kind):
+def test_fingerprint_and_config_validation(kind, request):
     adapter = get_adapter(kind)
-    config = adapter.Config(**CONFIGS[kind])
+    config = make_config(kind, request)
     fp = adapter.fingerprint(config)
     assert {"engine", "engine_version", "model", "simulated"} <= set(fp)
-    assert fp["simulated"] is (kind == "mock")
+    assert fp["simulated"] is (kind in SIMULATED)
     with pytest.raises(ValidationError):
         adapter.Config(**CONFIGS[kind], no_such_knob=1)
     for knob in ("max_batch_size", "max_num_tokens", "kv_cache_fraction"):
