@@ -100,6 +100,8 @@ class EngineAdapter(abc.ABC):
 
     kind: ClassVar[str]
     Config: ClassVar[type[EngineConfig]]
+    #: The engine runs outside the client process (a server): several client processes may drive it.
+    remote: ClassVar[bool] = False
 
     def check(self, config: EngineConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
         """Return why `config` cannot run on `hardware` (or cannot hold a sequence of `max_sequence_tokens`

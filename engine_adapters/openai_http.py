@@ -386,6 +386,7 @@ class OpenAIAdapter(EngineAdapter):
 
     kind = "openai"
     Config = OpenAIConfig
+    remote = True
 
     def __init__(self) -> None:
         self._servers: dict[str, ServerInfo] = {}

@@ -151,6 +151,10 @@ def bench(config: Path = typer.Argument(..., help="experiment config YAML (its s
                   f"SLO {'pass' if result['slo_pass'] else 'MISS'}")
     if result["simulated"]:
         console.print("[yellow]SIMULATED engine: numbers describe a service model, not hardware[/]")
+    trust = result["client_trust"]
+    if trust["trusted"] is not True:
+        label = "[red]client timing NOT TRUSTED[/]" if trust["trusted"] is False else "[yellow]client timing not assessed[/]"
+        console.print(f"{label}: {escape('; '.join(trust['reasons']))}", highlight=False)
     console.print(f"report: {out_dir / 'report.html'}")
     if fail_on_slo and not result["slo_pass"]:
         raise typer.Exit(1)
@@ -176,6 +180,38 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
         _write_outputs(rdir, storage)
     else:
         raise ConfigError(f"{run_dir}: no study.db and no result.json: not a run directory")
+
+
+@app.command()
+def calibrate(output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                   help="certificate file (default ~/.cache/harness/calibration.json)"),
+              client_processes: int = typer.Option(1, min=1, help="client processes sharing the load")) -> None:
+    """Measure this machine's client timing error against the mock server at rising load and certify
+    the highest concurrency and request rate at which it stays within its error budget."""
+    from harness import calibrate as cal
+
+    table = Table(title="client timing error vs the mock server's own send times (ms)")
+    for col in ("load", "requests", "failed", "TTFT err p50", "TTFT err p99", "ITL err p50", "ITL err p99",
+                "E2E err p50", "E2E err p99", "sched lag p99", "within budget"):
+        table.add_column(col, justify="right")
+
+    def on_level(row: dict) -> None:
+        e = {k: row[k] for k in ("ttft_error_ms", "itl_error_ms", "e2e_error_ms", "schedule_lag_ms")}
+        table.add_row(row["label"], str(row["requests"]), str(row["failed"]),
+                      *(_fmt(e[k][p]) for k in ("ttft_error_ms", "itl_error_ms", "e2e_error_ms") for p in ("p50", "p99")),
+                      _fmt(e["schedule_lag_ms"]["p99"]), "yes" if row["within_budget"] else "[red]no[/]")
+        console.print(f"  {row['label']}: TTFT error p99 {_fmt(e['ttft_error_ms']['p99'])} ms", highlight=False)
+
+    certificate = cal.calibrate(client_processes=client_processes, on_level=on_level)
+    console.print(table)
+    b = certificate["budget"]
+    console.print(f"budget: TTFT error p50 <= {b['ttft_p50_ms']} ms, p99 <= {b['ttft_p99_ms']} ms, schedule lag p99 "
+                  f"<= {b['schedule_lag_p99_ms']} ms, no failures")
+    console.print(f"certified: {certificate['certified_concurrency']} concurrent streams, "
+                  f"{certificate['certified_rate_req_s']} req/s open loop")
+    path = output or cal.default_certificate_path()
+    cal.write_certificate(path, certificate)
+    console.print(f"certificate: {path}")
 
 
 @app.command()

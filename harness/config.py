@@ -59,6 +59,7 @@ class EngineSpec(_Strict):
 class RunnerSpec(_Strict):
     request_timeout_s: float = Field(300.0, gt=0)
     preflight: bool = True
+    client_processes: int = Field(1, ge=1, description="client processes sharing the load (remote engines only)")
 
 
 class SearchSpec(_Strict):
@@ -124,6 +125,13 @@ class ExperimentConfig(_Strict):
                 if limit <= 0:
                     raise ValueError(f"{metric}.{stat}: limit must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _client_processes_need_a_server(self):
+        if self.runner.client_processes > 1 and not get_adapter(self.engine.kind).remote:
+            raise ValueError(f"runner.client_processes > 1 needs an engine reached over the network (openai); "
+                             f"the {self.engine.kind} engine runs inside the client process")
+        return self
 
     def slo_limits(self) -> list[SloLimit]:
         return [SloLimit(m, s, float(lim)) for m, stats in self.slo.items() for s, lim in stats.items()]

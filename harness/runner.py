@@ -68,7 +68,8 @@ async def _send(engine: Engine, spec: RequestSpec, record: RequestRecord, t0_ns:
     record.end_ns = time.perf_counter_ns() - t0_ns
 
 
-def _phase(index: int, n: int, warmup: int, cooldown: int) -> str:
+def phase_of(index: int, n: int, warmup: int, cooldown: int) -> str:
+    """warmup / measured / cooldown for the request sent `index`-th of `n`."""
     if index < warmup:
         return "warmup"
     if index >= n - cooldown:
@@ -78,15 +79,17 @@ def _phase(index: int, n: int, warmup: int, cooldown: int) -> str:
 
 async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int | None = None,
               max_concurrency: int | None = None, warmup: int = 0, cooldown: int = 0,
-              request_timeout_s: float = 600.0, on_done: OnDone | None = None) -> tuple[list[RequestRecord], int]:
+              request_timeout_s: float = 600.0, on_done: OnDone | None = None,
+              t0_ns: int | None = None) -> tuple[list[RequestRecord], int]:
     """Send `specs` and return (records in send order, t0 as absolute perf_counter_ns).
 
     `concurrency` set means closed loop (specs must have no scheduled offsets); otherwise each
     spec's `scheduled_offset_s` is honoured and `max_concurrency` optionally caps requests in flight
-    on the client side (time spent waiting for a slot shows up as queue_ms).
+    on the client side (time spent waiting for a slot shows up as queue_ms). `t0_ns` fixes the time
+    origin (several client processes share one); by default it is now (plus a short lead in open loop).
     """
     n = len(specs)
-    records = [RequestRecord(id=s.id, phase=_phase(i, n, warmup, cooldown), expected_output_tokens=s.max_output_tokens,
+    records = [RequestRecord(id=s.id, phase=phase_of(i, n, warmup, cooldown), expected_output_tokens=s.max_output_tokens,
                              input_tokens=s.input_tokens) for i, s in enumerate(specs)]
 
     async def send(i: int, t0: int, slots: asyncio.Semaphore | None) -> None:
@@ -99,7 +102,9 @@ async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int 
             on_done(records[i])
 
     if concurrency is not None:
-        t0 = time.perf_counter_ns()
+        t0 = t0_ns or time.perf_counter_ns()
+        if t0 > time.perf_counter_ns():
+            await asyncio.sleep((t0 - time.perf_counter_ns()) / 1e9)
         next_index = iter(range(n))
 
         async def client() -> None:
@@ -110,7 +115,7 @@ async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int 
         await asyncio.gather(*(client() for _ in range(min(concurrency, n))))
         return records, t0
 
-    t0 = time.perf_counter_ns() + _START_LEAD_NS
+    t0 = t0_ns or time.perf_counter_ns() + _START_LEAD_NS
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     tasks = []
     for i, spec in enumerate(specs):

@@ -7,6 +7,7 @@ optionally `telemetry.csv`, and last `result.json` are written; on a handled fai
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import platform
 import sys
@@ -20,6 +21,8 @@ from harness.config import ExperimentConfig, load_config
 from harness.errors import HarnessError, PreflightError
 from harness.metrics import compute
 from harness.records import RequestRecord, write_records
+from harness.calibrate import load_certificate, trust_verdict
+from harness.clients import run_in_processes
 from harness.runner import preflight, run, run_event_loop
 from harness.store import SCHEMA_VERSION, TrialFiles, write_json
 from harness.telemetry import TelemetrySampler, driver_info, energy_per_output_token_j
@@ -67,13 +70,18 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
             if done % max(len(specs) // 10, 1) == 0 or done == len(specs):
                 _log(f"{done}/{len(specs)} requests done")
 
+        closed = isinstance(arrival, Closed)
+        load = {"concurrency": arrival.concurrency if closed else None,
+                "max_concurrency": None if closed else arrival.max_concurrency,
+                "warmup": cfg.workload.warmup_requests, "cooldown": cfg.workload.cooldown_requests,
+                "request_timeout_s": cfg.runner.request_timeout_s}
         with TelemetrySampler() as telemetry:
-            records, _ = await run(
-                engine, specs,
-                concurrency=arrival.concurrency if isinstance(arrival, Closed) else None,
-                max_concurrency=None if isinstance(arrival, Closed) else arrival.max_concurrency,
-                warmup=cfg.workload.warmup_requests, cooldown=cfg.workload.cooldown_requests,
-                request_timeout_s=cfg.runner.request_timeout_s, on_done=on_done)
+            if cfg.runner.client_processes > 1:
+                _log(f"sending from {cfg.runner.client_processes} client processes")
+                records, _ = await asyncio.to_thread(run_in_processes, cfg.engine.kind, engine_cfg.model_dump(),
+                                                     specs, cfg.runner.client_processes, **load)
+            else:
+                records, _ = await run(engine, specs, on_done=on_done, **load)
     metrics = compute(records, cfg.slo_limits())
     telemetry_summary = telemetry.summary()
     out_tokens = sum(r.output_tokens for r in records if r.phase == "measured" and r.ok)
@@ -95,6 +103,10 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         **metrics,
         "slo_pass": all(c["pass"] for c in metrics["slo"]) and error_rate <= cfg.max_error_rate,
         "telemetry": telemetry_summary,
+        "client_trust": trust_verdict(load_certificate(), remote=adapter.remote,
+                                      concurrency=arrival.concurrency if closed else None,
+                                      rate_req_s=None if closed else arrival.rate,
+                                      schedule_lag_p99_ms=metrics["distributions"]["schedule_lag_ms"]["p99"]),
     }
     write_records(out_dir / TrialFiles.RECORDS, records)
     telemetry.write_csv(out_dir / TrialFiles.TELEMETRY)

@@ -142,6 +142,7 @@ def _run_view(result: dict, records: list[RequestRecord] | None, records_note: s
             "timeline": figures.ttft_timeline(records) if records else None,
         },
         "telemetry": result.get("telemetry") or {"available": False, "reason": "no telemetry in this result"},
+        "client_trust": result.get("client_trust") or {"trusted": None, "reasons": ["not assessed in this result"]},
         "fingerprint": flatten(result.get("fingerprint") or {}),
         "engine_config": flatten(result["engine"]["config"]),
         "workload": flatten(result.get("workload") or {}),
