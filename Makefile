@@ -12,7 +12,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers]'
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers,dev]'
+	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[transformers,serve,dev]'
 
 demo: install
 	$(BIN)/harness tune examples/quickstart.yaml

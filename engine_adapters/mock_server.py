@@ -75,6 +75,7 @@ class MockServerConfig(BaseModel):
     error_kinds: list[Fault] = Field(["http_500", "drop"], min_length=1, description="how failing requests fail")
     seed: int = 0
     usage: bool = Field(True, description="honour stream_options usage requests; false: never report usage")
+    send_done: bool = Field(True, description="end streams with `data: [DONE]` (false: like transformers serve)")
     api_key_env: str | None = Field(None, description="require `Authorization: Bearer $VAR` when VAR is set")
 
 
@@ -291,7 +292,8 @@ class _MockServer:
                 req.entry["chunk_tokens"].append(last - first + 1)
             if req.include_usage:
                 await send({**self._chunk(req, [], n), "usage": req.usage(n)})
-            await send("[DONE]")
+            if self.config.send_done:
+                await send("[DONE]")
             await resp.write_eof()
         except ConnectionResetError:  # the client went away; its slot is freed on the way out
             req.entry["outcome"] = "client_gone"

@@ -14,7 +14,8 @@ a chunk's tokens over the gap since the previous chunk. See `OutputCounter` for 
 A chunk's `mock_t_ns` field (the harness mock server's send time, same clock) becomes `server_t_ns`.
 
 Failures are data, never raised: an HTTP status other than 200, a connection error or timeout, a
-stream that ends before `data: [DONE]`, an event that is not JSON, or an `error` object in the stream
+stream that ends before `data: [DONE]` (or, for servers that never send it such as `transformers serve`, before
+a chunk with a `finish_reason`), an event that is not JSON, or an `error` object in the stream
 ends the request with an error event. Only `start` raises (`ServerUnavailable`), before measuring.
 
 Secrets: the API key is read from `$api_key_env` when the engine starts and sent as `Authorization:
@@ -180,10 +181,10 @@ class _BadEvent(Exception):
     """A streamed event that ends the request: not JSON, or an error object."""
 
 
-def _parse_event(data: bytes) -> tuple[str, int | None, int | None]:
-    """Output text, cumulative `usage.completion_tokens` and the mock server's send time `mock_t_ns` (None
-    when absent) of one streamed chunk of either endpoint; raise _BadEvent for a malformed event or an
-    error object."""
+def _parse_event(data: bytes) -> tuple[str, int | None, int | None, bool]:
+    """Output text, cumulative `usage.completion_tokens`, the mock server's send time `mock_t_ns` (None
+    when absent) and whether a choice has a `finish_reason`, of one streamed chunk of either endpoint;
+    raise _BadEvent for a malformed event or an error object."""
     try:
         chunk = json.loads(data)
     except ValueError:
@@ -196,15 +197,16 @@ def _parse_event(data: bytes) -> tuple[str, int | None, int | None]:
         message = error.get("message", error) if isinstance(error, dict) else error
         raise _BadEvent(f"error event in stream: {str(message)[:_EXCERPT_CHARS]}")
     try:
-        text = ""
+        text, finished = "", False
         for choice in chunk.get("choices") or ():
+            finished = finished or bool(choice.get("finish_reason"))
             delta = choice.get("delta") or {}
             text += (choice.get("text") or "") + (delta.get("content") or "")
             text += delta.get("reasoning") or delta.get("reasoning_content") or ""  # reasoning parsers' output
         completion_tokens = (chunk.get("usage") or {}).get("completion_tokens")
     except (AttributeError, TypeError):  # a field of the wrong type
         raise malformed from None
-    return text, _int_or_none(completion_tokens), _int_or_none(chunk.get("mock_t_ns"))
+    return text, _int_or_none(completion_tokens), _int_or_none(chunk.get("mock_t_ns")), finished
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -343,7 +345,7 @@ class OpenAIEngine(Engine):
             yield StreamEvent(time.perf_counter_ns(), error=str(exc))
             return
         counter = OutputCounter(self._count_tokens if self._tokenizer is not None else None)
-        failure, streaming = None, False
+        failure, streaming, finished = None, False, False
         try:
             async with self._session.post(self._url, json=body, headers={"X-Request-Id": request.id}) as resp:
                 if resp.status != 200:
@@ -353,10 +355,13 @@ class OpenAIEngine(Engine):
                     async for t_ns, data in iter_sse(resp.content.iter_any()):
                         if data == b"[DONE]":
                             break
-                        for event in counter.add(t_ns, *_parse_event(data)):
+                        text, completion_tokens, server_t_ns, finish = _parse_event(data)
+                        finished = finished or finish
+                        for event in counter.add(t_ns, text, completion_tokens, server_t_ns):
                             yield event
-                    else:
-                        failure = f"stream ended before [DONE] after {counter.total} tokens"
+                    else:  # transformers serve never sends [DONE]: a clean end after a finish_reason is a success
+                        if not finished:
+                            failure = f"stream ended before [DONE] after {counter.total} tokens"
         except _BadEvent as exc:
             failure = str(exc)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:  # ValueError: line too long

@@ -78,10 +78,10 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         with TelemetrySampler() as telemetry:
             if cfg.runner.client_processes > 1:
                 _log(f"sending from {cfg.runner.client_processes} client processes")
-                records, _ = await asyncio.to_thread(run_in_processes, cfg.engine.kind, engine_cfg.model_dump(),
+                records, t0_ns = await asyncio.to_thread(run_in_processes, cfg.engine.kind, engine_cfg.model_dump(),
                                                      specs, cfg.runner.client_processes, **load)
             else:
-                records, _ = await run(engine, specs, on_done=on_done, **load)
+                records, t0_ns = await run(engine, specs, on_done=on_done, **load)
     metrics = compute(records, cfg.slo_limits())
     telemetry_summary = telemetry.summary()
     out_tokens = sum(r.output_tokens for r in records if r.phase == "measured" and r.ok)
@@ -100,6 +100,7 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         "started_at": started_at.isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "engine_start_s": engine_start_s,
+        "t0_perf_counter_ns": t0_ns,  # record times are relative to this (CLOCK_MONOTONIC on Linux)
         **metrics,
         "slo_pass": all(c["pass"] for c in metrics["slo"]) and error_rate <= cfg.max_error_rate,
         "telemetry": telemetry_summary,

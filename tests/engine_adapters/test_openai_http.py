@@ -208,6 +208,21 @@ def test_server_failures_are_recorded_per_request_and_the_run_goes_on():
     assert seen == set(expected)
 
 
+def test_a_stream_without_done_succeeds_only_after_a_finish_reason():
+    """transformers serve never sends [DONE]: a clean end after `finish_reason` is a complete response,
+    while a connection cut before it (the `drop` fault, no [DONE] either) stays a failure."""
+    config = MockServerConfig(ttft_ms=2, itl_ms=1, send_done=False, error_rate=0.5, seed=1, error_kinds=["drop"])
+    with run_mock_server(config) as url:
+        records, _, _ = bench(OpenAIConfig(model="mock", base_url=url), specs(12, out=6), concurrency=2)
+        log = server_log(url)
+    for r in records:
+        if planned_fault(config, log[r.id]["index"]) is None:
+            assert r.ok and r.output_tokens == 6
+        else:
+            assert r.error.startswith("stream ended before [DONE]")
+    assert any(r.ok for r in records) and any(not r.ok for r in records)
+
+
 def test_api_key_is_sent_but_never_stored_or_shown(monkeypatch):
     key = "sk-test-0123456789abcdef"
     monkeypatch.setenv("HARNESS_TEST_KEY", key)
