@@ -62,7 +62,7 @@ class Level:
 # Streams of 50 tokens at 10 ms ITL (the 128-stream target sits in the middle), then short
 # requests at rising open-loop rates (the 1,000 req/s target likewise).
 DEFAULT_LEVELS = (
-    *(Level("closed", c, requests=2 * c, output_tokens=50) for c in (1, 16, 32, 64, 128, 256)),
+    *(Level("closed", c, requests=4 * c, output_tokens=50) for c in (1, 16, 32, 64, 128, 256)),
     *(Level("open", r, requests=int(r * 2), output_tokens=4) for r in (100, 250, 500, 1000, 2000)),
 )
 SERVER = MockServerConfig(ttft_ms=20, itl_ms=10, tokens_per_chunk=1)
