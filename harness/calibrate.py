@@ -10,6 +10,9 @@ per level the client's timing error is what it measured minus what the server di
 - E2E error: client end of stream - server send of the last chunk;
 - schedule lag (open loop): client dispatch - scheduled time.
 
+Closed-loop levels start their streams spread over one inter-token period (`ramp_up_s`), so the
+level measures steady streaming rather than one synchronized burst of first tokens.
+
 A level is within budget when TTFT error p50 and p99, schedule lag p99 and failures stay within
 `Budget`. The highest concurrency and the highest rate within budget are certified; the
 certificate is written as JSON, and runs beyond it are marked untrustworthy (see `trust_verdict`).
@@ -88,13 +91,14 @@ def _measure(base_url: str, level: Level, processes: int) -> dict:
                          scheduled_offset_s=None if level.mode == "closed" else i / level.load)
              for i in range(level.requests)]
     concurrency = int(level.load) if level.mode == "closed" else None
+    # streams start spread over one inter-token period, as in steady serving, not as one synchronized burst
+    load = {"concurrency": concurrency, "request_timeout_s": 60, "ramp_up_s": SERVER.itl_ms / 1000}
     if processes > 1:
-        records, t0 = run_in_processes("openai", config.model_dump(), specs, processes, concurrency=concurrency,
-                                       request_timeout_s=60)
+        records, t0 = run_in_processes("openai", config.model_dump(), specs, processes, **load)
     else:
         async def one_process():
             async with OpenAIAdapter().start(config) as engine:
-                return await run(engine, specs, concurrency=concurrency, request_timeout_s=60)
+                return await run(engine, specs, **load)
         records, t0 = run_event_loop(one_process())
     log = _server_log(base_url)
     ttft, itl, e2e = [], [], []

@@ -49,7 +49,8 @@ def _worker_main(kind, config, specs, ready, go, t0, kwargs, results, worker) ->
 
 def run_in_processes(kind: str, config: dict, specs: Sequence[RequestSpec], processes: int, *,
                      concurrency: int | None = None, max_concurrency: int | None = None, warmup: int = 0,
-                     cooldown: int = 0, request_timeout_s: float = 600.0) -> tuple[list[RequestRecord], int]:
+                     cooldown: int = 0, request_timeout_s: float = 600.0,
+                     ramp_up_s: float = 0.0) -> tuple[list[RequestRecord], int]:
     """Like `runner.run`, with the requests spread over `processes` worker processes (fewer when the
     concurrency or the request count is smaller); same return value."""
     processes = max(1, min(processes, concurrency or processes, max_concurrency or processes, len(specs)))
@@ -59,7 +60,7 @@ def run_in_processes(kind: str, config: dict, specs: Sequence[RequestSpec], proc
     for w in range(processes):
         shard = [s for i, s in enumerate(specs) if i % processes == w]
         kwargs = {"concurrency": _split(concurrency, processes, w), "max_concurrency": _split(max_concurrency, processes, w),
-                  "request_timeout_s": request_timeout_s}
+                  "request_timeout_s": request_timeout_s, "ramp_up_s": ramp_up_s}
         proc = ctx.Process(target=_worker_main, args=(kind, config, shard, ready, go, t0, kwargs, results, w),
                            daemon=True)
         proc.start()

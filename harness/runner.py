@@ -80,13 +80,14 @@ def phase_of(index: int, n: int, warmup: int, cooldown: int) -> str:
 async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int | None = None,
               max_concurrency: int | None = None, warmup: int = 0, cooldown: int = 0,
               request_timeout_s: float = 600.0, on_done: OnDone | None = None,
-              t0_ns: int | None = None) -> tuple[list[RequestRecord], int]:
+              t0_ns: int | None = None, ramp_up_s: float = 0.0) -> tuple[list[RequestRecord], int]:
     """Send `specs` and return (records in send order, t0 as absolute perf_counter_ns).
 
     `concurrency` set means closed loop (specs must have no scheduled offsets); otherwise each
     spec's `scheduled_offset_s` is honoured and `max_concurrency` optionally caps requests in flight
     on the client side (time spent waiting for a slot shows up as queue_ms). `t0_ns` fixes the time
     origin (several client processes share one); by default it is now (plus a short lead in open loop).
+    Closed loop: client k of `concurrency` sends its first request `k * ramp_up_s / concurrency` after t0.
     """
     n = len(specs)
     records = [RequestRecord(id=s.id, phase=phase_of(i, n, warmup, cooldown), expected_output_tokens=s.max_output_tokens,
@@ -107,12 +108,13 @@ async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int 
             await asyncio.sleep((t0 - time.perf_counter_ns()) / 1e9)
         next_index = iter(range(n))
 
-        async def client() -> None:
+        async def client(k: int) -> None:
+            await asyncio.sleep(k * ramp_up_s / concurrency)
             for i in next_index:
                 records[i].dispatched_ns = time.perf_counter_ns() - t0
                 await send(i, t0, None)
 
-        await asyncio.gather(*(client() for _ in range(min(concurrency, n))))
+        await asyncio.gather(*(client(k) for k in range(min(concurrency, n))))
         return records, t0
 
     t0 = t0_ns or time.perf_counter_ns() + _START_LEAD_NS

@@ -74,7 +74,7 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         load = {"concurrency": arrival.concurrency if closed else None,
                 "max_concurrency": None if closed else arrival.max_concurrency,
                 "warmup": cfg.workload.warmup_requests, "cooldown": cfg.workload.cooldown_requests,
-                "request_timeout_s": cfg.runner.request_timeout_s}
+                "request_timeout_s": cfg.runner.request_timeout_s, "ramp_up_s": arrival.ramp_up_s if closed else 0.0}
         with TelemetrySampler() as telemetry:
             if cfg.runner.client_processes > 1:
                 _log(f"sending from {cfg.runner.client_processes} client processes")

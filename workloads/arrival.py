@@ -62,6 +62,7 @@ class Closed(_Arrival):
 
     process: Literal["closed"]
     concurrency: int = Field(ge=1)
+    ramp_up_s: float = Field(0.0, ge=0, description="clients start evenly spread over this time (0: all at once)")
 
     def offsets(self, rng, n):
         return None

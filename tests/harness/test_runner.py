@@ -119,3 +119,10 @@ def test_preflight_failure_says_what_to_fix():
             await runner.preflight(engine, specs(1, prompt=100)[0], timeout_s=1)
     with pytest.raises(PreflightError, match="exceeds KV cache capacity.*check the engine log"):
         asyncio.run(go())
+
+
+def test_closed_loop_ramp_up_spreads_the_first_sends():
+    cfg = MockConfig(max_batch_size=64, step_ms=5, decode_ms_per_seq=0, prefill_ms_per_token=0)
+    records, _ = run_mock(cfg, specs(4, out=60), concurrency=4, ramp_up_s=0.2)  # each client: one 300 ms request
+    first_sends = sorted(r.sent_ns / 1e6 for r in records)
+    assert first_sends == pytest.approx([0, 50, 100, 150], abs=15)

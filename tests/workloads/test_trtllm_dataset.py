@@ -47,7 +47,7 @@ def test_default_arrival_sends_everything_at_once_like_trtllm_bench(tmp_path):
     assert w.arrival.process == "closed" and w.arrival.concurrency == 5
     assert workload(path, requests=3).arrival.concurrency == 3
     assert workload(path, arrival={"process": "closed", "concurrency": 2}).arrival.concurrency == 2
-    assert w.model_dump(mode="json")["arrival"] == {"process": "closed", "concurrency": 5}
+    assert w.model_dump(mode="json")["arrival"] == {"process": "closed", "concurrency": 5, "ramp_up_s": 0.0}
 
 
 def test_open_loop_arrival_is_seeded_and_moves_nothing_else(tmp_path):
@@ -182,4 +182,4 @@ def test_a_dataset_run_measures_end_to_end_on_the_mock_engine(tmp_path):
     result = asyncio.run(measure(cfg, tmp_path))
     assert result["counts"]["measured"] == 5 and result["counts"]["excluded_warmup"] == 2
     assert result["counts"]["completed"] == 5
-    assert result["workload"]["arrival"] == {"process": "closed", "concurrency": 7}
+    assert result["workload"]["arrival"] == {"process": "closed", "concurrency": 7, "ramp_up_s": 0.0}
