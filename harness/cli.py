@@ -13,7 +13,7 @@ from rich.table import Table
 
 from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
-from harness.store import RunDir, TrialFiles, read_json, write_yaml
+from harness.store import RunDir, TrialFiles, read_json, write_text_atomic, write_yaml
 from harness.tuner import TrialOutcome, Tuner, run_trial_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -88,7 +88,7 @@ def _write_outputs(rdir: RunDir, storage: str | None) -> None:
     from reports import render_study_report, write_recommended
 
     summary = load_study(rdir, storage)
-    rdir.report.write_text(render_study_report(summary))
+    write_text_atomic(rdir.report, render_study_report(summary))
     has_best = write_recommended(summary, rdir.recommended)
     if not has_best:
         rdir.recommended.unlink(missing_ok=True)
@@ -165,7 +165,7 @@ def _write_run_report(out_dir: Path, result: dict) -> None:
     from reports import render_run_report
 
     records = read_records(out_dir / TrialFiles.RECORDS)
-    (out_dir / "report.html").write_text(render_run_report(result, records, title=f"{result['name']}: bench"))
+    write_text_atomic(out_dir / "report.html", render_run_report(result, records, title=f"{result['name']}: bench"))
 
 
 @app.command()
@@ -233,7 +233,7 @@ def export(run_dir: Path = typer.Argument(..., help="a bench or trial directory 
     doc = writers[format](read_json(run / TrialFiles.RESULT), read_records(run / TrialFiles.RECORDS), origin=origin)
     text = json.dumps(doc, indent=2) + "\n"
     if output:
-        output.write_text(text)
+        write_text_atomic(output, text)
         console.print(f"wrote {output} (from {run})")
     else:
         sys.stdout.write(text)
