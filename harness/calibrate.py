@@ -26,13 +26,12 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from engine_adapters.mock_server import MockServerConfig, run_mock_server
 from engine_adapters.openai_http import OpenAIAdapter, OpenAIConfig
 from harness.clients import run_in_processes
+from harness.metrics import summarize
 from harness.runner import run, run_event_loop
-from harness.store import read_json, write_json
+from harness.store import read_json
 from workloads import RequestSpec
 
 CERTIFICATE_KIND = "harness.calibration"
@@ -72,10 +71,9 @@ SERVER = MockServerConfig(ttft_ms=20, itl_ms=10, tokens_per_chunk=1)
 
 
 def _pct(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p99": None, "n": 0}
-    arr = np.asarray(values)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "n": int(arr.size)}
+    """p50, p99 (as every harness percentile: linear interpolation) and the count; None when empty."""
+    s = summarize(values)
+    return {"p50": s["p50"], "p99": s["p99"], "n": s["count"]}
 
 
 def _server_log(base_url: str) -> dict[str, dict]:
@@ -157,10 +155,6 @@ def default_certificate_path() -> Path:
     from engine_adapters.builtin_models import cache_dir
 
     return cache_dir() / "calibration.json"
-
-
-def write_certificate(path: Path, certificate: dict) -> None:
-    write_json(path, certificate)
 
 
 def trust_verdict(certificate: dict | None, *, remote: bool, concurrency: int | None, rate_req_s: float | None,

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
-from harness.store import RunDir, TrialFiles, read_json, write_text_atomic, write_yaml
+from harness.store import RunDir, TrialFiles, read_json, write_json, write_text_atomic, write_yaml
 from harness.tuner import TrialOutcome, Tuner, run_trial_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -210,7 +210,7 @@ def calibrate(output: Optional[Path] = typer.Option(None, "-o", "--output",
     console.print(f"certified: {certificate['certified_concurrency']} concurrent streams, "
                   f"{certificate['certified_rate_req_s']} req/s open loop")
     path = output or cal.default_certificate_path()
-    cal.write_certificate(path, certificate)
+    write_json(path, certificate)
     console.print(f"certificate: {path}")
 
 
