@@ -166,7 +166,10 @@ class Tuner:
                               "change between runs); pass --run-dir for a new study or delete the directory")
 
     def _mark_interrupted(self, trial: optuna.Trial) -> None:
-        """Fail a trial cut off by a stop of the harness (it does not count) and queue its params again."""
+        """Fail a trial cut off by a stop of the harness (it does not count) and queue its params again;
+        a trial whose result was already told (the stop came just after) is left as it is."""
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            return
         trial.set_user_attr("reason", "harness was stopped mid-trial; its params were queued to run again")
         trial.set_user_attr("interrupted", True)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
