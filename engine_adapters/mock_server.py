@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -267,10 +268,14 @@ class _MockServer:
         await resp.prepare(request)
 
         async def send(payload: dict | str) -> int:
+            if isinstance(payload, str):
+                t_ns = time.perf_counter_ns()
+                await resp.write(_sse(payload))
+                return t_ns
+            # serialized before the clock is read, so that the stamp is as close to the write as can be
+            head = json.dumps(payload, separators=(",", ":"))[:-1]
             t_ns = time.perf_counter_ns()
-            if isinstance(payload, dict):
-                payload["mock_t_ns"] = t_ns
-            await resp.write(_sse(payload))
+            await resp.write(f'data: {head},"mock_t_ns":{t_ns}}}\n\n'.encode())
             return t_ns
 
         k, n = self.config.tokens_per_chunk, req.max_tokens
@@ -380,6 +385,8 @@ async def _serve_forever(config: MockServerConfig, host: str, port: int) -> None
     await runner.setup()
     sock = socket.create_server((host, port), backlog=1024)
     await web.SockSite(runner, sock).start()
+    gc.collect()
+    gc.freeze()  # the imported libraries' objects stay out of the full collections that would stall streams
     print(f"listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,8 +10,9 @@ per level the client's timing error is what it measured minus what the server di
 - E2E error: client end of stream - server send of the last chunk;
 - schedule lag (open loop): client dispatch - scheduled time.
 
-Closed-loop levels start their streams spread over one inter-token period (`ramp_up_s`), so the
-level measures steady streaming rather than one synchronized burst of first tokens.
+Closed-loop levels start their streams spread over one request's duration (`ramp_up_s`), so that
+requests begin and end at the scattered moments of steady serving; started together, every stream
+would re-send its next request within the same few milliseconds, for the whole level.
 
 A level is within budget when TTFT error p50 and p99, schedule lag p99 and failures stay within
 `Budget`. The highest concurrency and the highest rate within budget are certified; the
@@ -57,6 +58,11 @@ class Level:
     output_tokens: int
 
     @property
+    def duration_s(self) -> float:
+        """How long one request of this level streams on the reference server."""
+        return (SERVER.ttft_ms + (self.output_tokens - 1) * SERVER.itl_ms) / 1000
+
+    @property
     def label(self) -> str:
         return f"{int(self.load)} streams" if self.mode == "closed" else f"{int(self.load)} req/s"
 
@@ -64,7 +70,7 @@ class Level:
 # Streams of 50 tokens at 10 ms ITL (the issue's 128-stream target sits in the middle), then short
 # requests at rising open-loop rates (the 1,000 req/s target likewise).
 DEFAULT_LEVELS = (
-    *(Level("closed", c, requests=4 * c, output_tokens=50) for c in (1, 16, 32, 64, 128, 256)),
+    *(Level("closed", c, requests=8 * c, output_tokens=50) for c in (1, 16, 32, 64, 128, 256)),
     *(Level("open", r, requests=int(r * 2), output_tokens=4) for r in (100, 250, 500, 1000, 2000)),
 )
 SERVER = MockServerConfig(ttft_ms=20, itl_ms=10, tokens_per_chunk=1)
@@ -89,8 +95,8 @@ def _measure(base_url: str, level: Level, processes: int) -> dict:
                          scheduled_offset_s=None if level.mode == "closed" else i / level.load)
              for i in range(level.requests)]
     concurrency = int(level.load) if level.mode == "closed" else None
-    # streams start spread over one inter-token period, as in steady serving, not as one synchronized burst
-    load = {"concurrency": concurrency, "request_timeout_s": 60, "ramp_up_s": SERVER.itl_ms / 1000}
+    # streams start spread over one request's duration: the phases of steady serving, not one synchronized burst
+    load = {"concurrency": concurrency, "request_timeout_s": 60, "ramp_up_s": level.duration_s}
     if processes > 1:
         records, t0 = run_in_processes("openai", config.model_dump(), specs, processes, **load)
     else:

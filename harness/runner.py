@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from typing import Callable, Sequence
 
@@ -25,12 +26,23 @@ _START_LEAD_NS = 20_000_000
 
 def run_event_loop(coro):
     """Run `coro` to completion on uvloop where installed (less scheduling overhead per request at
-    high rates), else on the standard asyncio loop."""
+    high rates), else on the standard asyncio loop.
+
+    Everything allocated before the run is frozen out of the garbage collector while it lasts: a full
+    collection over the imported libraries' objects stalls the loop for tens of milliseconds, which
+    would show up as client timing error (measured: TTFT error p99 11-27 ms -> 4-5 ms at 128 streams).
+    """
     try:
         import uvloop
+        runner = uvloop.run
     except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        runner = asyncio.run
+    gc.collect()
+    gc.freeze()
+    try:
+        return runner(coro)
+    finally:
+        gc.unfreeze()
 
 
 async def preflight(engine: Engine, request: RequestSpec, timeout_s: float) -> None:
