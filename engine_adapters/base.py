@@ -14,8 +14,10 @@ the runner.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar
 
@@ -115,3 +117,11 @@ class EngineAdapter(abc.ABC):
     @abc.abstractmethod
     def fingerprint(self, config: EngineConfig) -> dict:
         """Engine name and version, model identity, device and driver: what the numbers were measured on."""
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    """Return at or after `deadline_ns` (time.perf_counter_ns), never before: uvloop's timers can fire
+    up to ~1 ms early (its millisecond clock is read once per loop iteration), so sleep again for
+    whatever is left."""
+    while (delay_ns := deadline_ns - time.perf_counter_ns()) > 0:
+        await asyncio.sleep(delay_ns / 1e9)

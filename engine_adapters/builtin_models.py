@@ -133,3 +133,22 @@ def _build_llama(dest: Path, arch: dict) -> None:
         model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer as a `workloads.Tokenizer`; `name` identifies the model it was loaded
+    for (a builtin's recipe version, or the directory's absolute path) and its vocabulary size."""
+
+    def __init__(self, tokenizer, model: str):
+        self._tokenizer = tokenizer
+        source = _builtin(model)[0] if model.startswith(BUILTIN_PREFIX) else str(Path(model).expanduser().resolve())
+        self.name = f"{source}|{len(tokenizer)}"
+
+    def encode_batch(self, texts):
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)  # fast tokenizers: the Rust one, no offsets
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        return self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids):
+        return self._tokenizer.decode(list(ids))

@@ -53,6 +53,8 @@ from typing import Iterator, Literal, get_args, get_origin
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine_adapters.base import sleep_until
+
 #: `owned_by` of the mock's models in `GET /v1/models`: how a client tells the server is simulated.
 MOCK_OWNED_BY = "harness-mock"
 SERVER_HEADER = "harness-mock/1"
@@ -241,7 +243,7 @@ class _MockServer:
             req.entry.update(start_ns=start_ns, queue_ns=start_ns - queued_ns)
             if req.stream:
                 return await self._stream(request, req, start_ns, fault)
-            await _sleep_until(self._deadline(start_ns, req.max_tokens - 1))
+            await sleep_until(self._deadline(start_ns, req.max_tokens - 1))
             return web.json_response(self._whole(req))
 
     def _deadline(self, start_ns: int, token: int) -> int:
@@ -288,7 +290,7 @@ class _MockServer:
                 if first == fault_at:
                     return await self._fail_stream(request, resp, fault, send)
                 last = min(first + k, n) - 1
-                await _sleep_until(self._deadline(start_ns, last))
+                await sleep_until(self._deadline(start_ns, last))
                 finish = "length" if last == n - 1 else None
                 chunk = self._chunk(req, [req.choice(_output_text(first, last + 1), finish)], last + 1)
                 if first == 0:
@@ -317,13 +319,6 @@ class _MockServer:
         await send("[DONE]")
         await resp.write_eof()
         return resp
-
-
-async def _sleep_until(deadline_ns: int) -> None:
-    """Return at or after `deadline_ns`, never before: uvloop's timers can fire up to ~1 ms early (its
-    millisecond clock is read once per loop iteration), so sleep again for whatever is left."""
-    while (delay_ns := deadline_ns - time.perf_counter_ns()) > 0:
-        await asyncio.sleep(delay_ns / 1e9)
 
 
 def build_app(config: MockServerConfig) -> web.Application:

@@ -38,7 +38,7 @@ from pydantic import Field
 from yarl import URL
 
 from engine_adapters.base import Engine, EngineAdapter, EngineConfig, StreamEvent
-from engine_adapters.builtin_models import require_torch_transformers, resolve_model
+from engine_adapters.builtin_models import HFTokenizer, require_torch_transformers, resolve_model
 from engine_adapters.mock_server import MOCK_OWNED_BY
 from workloads import RequestSpec, TokenSpace
 
@@ -305,7 +305,8 @@ class OpenAIEngine(Engine):
                  tokenizer: Any, info: ServerInfo):
         self._config, self._session, self._secret, self._tokenizer = config, session, secret, tokenizer
         self._url = _api_root(config.base_url) + ("/chat/completions" if config.endpoint == "chat" else "/completions")
-        self.token_space = (TokenSpace(vocab_size=len(tokenizer), reserved_ids=frozenset(tokenizer.all_special_ids))
+        self.token_space = (TokenSpace(vocab_size=len(tokenizer), reserved_ids=frozenset(tokenizer.all_special_ids),
+                                       tokenizer=HFTokenizer(tokenizer, config.tokenizer))
                             if tokenizer is not None else FALLBACK_TOKEN_SPACE)
         simulated = " (SIMULATED: the harness mock server)" if info.owned_by == MOCK_OWNED_BY else ""
         self._log = [(f"OpenAI-compatible server at {public_url(self._url)}{simulated}: Server header "

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Literal
 from pydantic import Field
 
 from engine_adapters.base import Engine, EngineAdapter, EngineConfig, Hardware, StreamEvent
-from engine_adapters.builtin_models import model_config, require_torch_transformers, resolve_model
+from engine_adapters.builtin_models import HFTokenizer, model_config, require_torch_transformers, resolve_model
 from workloads import RequestSpec, TokenSpace
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -73,10 +73,12 @@ class TransformersEngine(Engine):
     is refused with an error event (submitted, it would stop the engine for every request).
     """
 
-    def __init__(self, model: Any, manager: Any, tokenizer: Any, kv_capacity_tokens: int, log_lines: list[str]):
+    def __init__(self, model: Any, manager: Any, tokenizer: Any, kv_capacity_tokens: int, log_lines: list[str],
+                 model_name: str):
         text_config = model.config.get_text_config()
         self.token_space = TokenSpace(vocab_size=text_config.vocab_size,
-                                      reserved_ids=frozenset(tokenizer.all_special_ids))
+                                      reserved_ids=frozenset(tokenizer.all_special_ids),
+                                      tokenizer=HFTokenizer(tokenizer, model_name))
         self.kv_capacity_tokens = kv_capacity_tokens
         self._model, self._manager, self._tokenizer = model, manager, tokenizer
         self._log_lines = log_lines
@@ -195,7 +197,7 @@ def _launch(config: TransformersConfig) -> TransformersEngine:
         f"scheduler={cb.scheduler_type}, block_sharing={cb.allow_block_sharing}",
     ]
     manager.start()
-    return TransformersEngine(model, manager, tokenizer, capacity, log_lines)
+    return TransformersEngine(model, manager, tokenizer, capacity, log_lines, config.model)
 
 
 class TransformersAdapter(EngineAdapter):

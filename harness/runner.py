@@ -14,6 +14,7 @@ import time
 from typing import Callable, Sequence
 
 from engine_adapters import Engine
+from engine_adapters.base import sleep_until
 from harness.errors import PreflightError
 from harness.records import RequestRecord
 from workloads import RequestSpec
@@ -116,12 +117,10 @@ async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int 
 
     if concurrency is not None:
         t0 = t0_ns or time.perf_counter_ns()
-        if t0 > time.perf_counter_ns():
-            await asyncio.sleep((t0 - time.perf_counter_ns()) / 1e9)
         next_index = iter(range(n))
 
         async def client(k: int) -> None:
-            await asyncio.sleep(k * ramp_up_s / concurrency)
+            await sleep_until(t0 + int(k * ramp_up_s / concurrency * 1e9))
             for i in next_index:
                 records[i].dispatched_ns = time.perf_counter_ns() - t0
                 await send(i, t0, None)
@@ -137,9 +136,7 @@ async def run(engine: Engine, specs: Sequence[RequestSpec], *, concurrency: int 
             raise ValueError(f"request {spec.id} has no scheduled time in an open-loop run")
         scheduled = int(spec.scheduled_offset_s * 1e9)
         records[i].scheduled_ns = scheduled
-        delay_ns = t0 + scheduled - time.perf_counter_ns()
-        if delay_ns > 0:
-            await asyncio.sleep(delay_ns / 1e9)
+        await sleep_until(t0 + scheduled)
         records[i].dispatched_ns = time.perf_counter_ns() - t0
         tasks.append(asyncio.create_task(send(i, t0, slots)))
     await asyncio.gather(*tasks)

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from engine_adapters import Hardware, get_adapter
 from harness import __version__
-from harness.config import ExperimentConfig, load_config
-from harness.errors import HarnessError, PreflightError
-from harness.metrics import compute
-from harness.records import RequestRecord, write_records
 from harness.calibrate import load_certificate, trust_verdict
 from harness.clients import run_in_processes
+from harness.config import ExperimentConfig, load_config
+from harness.errors import HarnessError, PreflightError
+from harness.fidelity import workload_fidelity
+from harness.metrics import compute
+from harness.records import RequestRecord, write_records
 from harness.runner import preflight, run, run_event_loop
 from harness.store import SCHEMA_VERSION, TrialFiles, write_json
 from harness.telemetry import TelemetrySampler, driver_info, energy_per_output_token_j
@@ -58,6 +59,10 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         for line in engine.log_lines():
             _log(line)
         specs = list(cfg.workload.generate(engine.token_space))
+        source = cfg.workload.source_profile()
+        if source.skipped:
+            _log(f"skipped {sum(source.skipped.values())} source row(s): " +
+                 ", ".join(f"{n} {why}" for why, n in source.skipped.items()))
         if cfg.runner.preflight:
             await preflight(engine, specs[0], cfg.runner.request_timeout_s)
             _log("preflight request ok")
@@ -83,6 +88,7 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
             else:
                 records, t0_ns = await run(engine, specs, on_done=on_done, **load)
     metrics = compute(records, cfg.slo_limits())
+    fidelity = workload_fidelity(source, specs, records)
     telemetry_summary = telemetry.summary()
     out_tokens = sum(r.output_tokens for r in records if r.phase == "measured" and r.ok)
     telemetry_summary["energy_per_output_token_j"] = energy_per_output_token_j(telemetry_summary, out_tokens)
@@ -106,8 +112,9 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
         "telemetry": telemetry_summary,
         "client_trust": trust_verdict(load_certificate(), remote=adapter.remote,
                                       concurrency=arrival.concurrency if closed else None,
-                                      rate_req_s=None if closed else arrival.rate,
+                                      rate_req_s=None if closed else (fidelity["arrivals"]["intended"] or {}).get("rate_req_s"),
                                       schedule_lag_p99_ms=metrics["distributions"]["schedule_lag_ms"]["p99"]),
+        "fidelity": fidelity,
     }
     write_records(out_dir / TrialFiles.RECORDS, records)
     telemetry.write_csv(out_dir / TrialFiles.TELEMETRY)

@@ -277,3 +277,32 @@ def ttft_timeline(records: list[RequestRecord]) -> str | None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
     return _render(3.4, 1, draw)
+
+
+# (f) offered load over the run: scheduled vs dispatched requests per second ---------------------
+
+def arrival_rate(records: list[RequestRecord]) -> str | None:
+    """Requests per second over the run, as scheduled (open loop) and as the client dispatched them;
+    the two curves coincide when the load generator kept up. Bins of about 1/60 of the run, >= 0.1 s."""
+    dispatched = np.asarray([r.dispatched_ns / 1e9 for r in records if r.dispatched_ns is not None])
+    if dispatched.size < 2:
+        return None
+    scheduled = np.asarray([r.scheduled_ns / 1e9 for r in records if r.scheduled_ns is not None])
+    end = float(max(dispatched.max(), scheduled.max() if scheduled.size else 0.0))
+    width = max(end / 60, 0.1)
+    edges = np.arange(0.0, end + width, width)
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        if scheduled.size:
+            ax.stairs(np.histogram(scheduled, edges)[0] / width, edges, color=OTHER, linewidth=2.2,
+                      label=f"scheduled ({scheduled.size:,})")
+        ax.stairs(np.histogram(dispatched, edges)[0] / width, edges, color=ACCENT, linewidth=1.2,
+                  label=f"dispatched ({dispatched.size:,})")
+        ax.set_xlabel("time since run start (s)")
+        ax.set_ylabel(f"requests per second ({width:.2g} s bins)")
+        ax.set_title("Offered load over the run")
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    return _render(3.0, 1, draw)

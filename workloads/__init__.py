@@ -7,12 +7,17 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from workloads.arrival import ArrivalProcess, Closed
-from workloads.request import RequestSpec, TokenSpace
+from workloads.dataset import DatasetWorkload
+from workloads.request import RequestSpec, TokenSpace, Tokenizer
+from workloads.shared_prefix import SharedPrefixWorkload
 from workloads.synthetic import Seeds, SyntheticWorkload
+from workloads.trace import TraceWorkload
 from workloads.trtllm_dataset import TrtllmDatasetWorkload
 
-# The union of workload kinds; later kinds (dataset, trace) join it here.
-WorkloadConfig = Annotated[Union[SyntheticWorkload, TrtllmDatasetWorkload], Field(discriminator="kind")]
+# The union of workload kinds. Each has `arrival` (Closed, or open loop with `max_concurrency`),
+# warmup/cooldown_requests, max_sequence_tokens(), generate(token_space) and, after generate, source_profile().
+WorkloadConfig = Annotated[Union[SyntheticWorkload, SharedPrefixWorkload, TrtllmDatasetWorkload, TraceWorkload,
+                                 DatasetWorkload], Field(discriminator="kind")]
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
@@ -22,5 +27,5 @@ def catalog_names() -> list[str]:
     return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
 
 
-__all__ = ["ArrivalProcess", "Closed", "RequestSpec", "Seeds", "SyntheticWorkload", "TokenSpace",
+__all__ = ["ArrivalProcess", "Closed", "RequestSpec", "Seeds", "SyntheticWorkload", "TokenSpace", "Tokenizer",
            "WorkloadConfig", "CATALOG_DIR", "catalog_names"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,27 @@ class RequestSpec:
         return None if self.prompt_token_ids is None else len(self.prompt_token_ids)
 
 
+class Tokenizer(Protocol):
+    """The engine's tokenizer, as far as workloads use it (datasets with text prompts, exact-length text)."""
+
+    #: Identity for caches: two tokenizers with the same name give the same ids for the same text.
+    name: str
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (no BOS): what the prompt adds to the sequence."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`."""
+
+
 @dataclass(frozen=True)
 class TokenSpace:
-    """What a workload needs to know about the engine's vocabulary to make token-id prompts."""
+    """What a workload needs to know about the engine's vocabulary to make prompts.
+
+    `tokenizer` is None when the engine has none to offer (the simulated mock engine; an OpenAI server
+    without a configured tokenizer): text prompts are then sent as text and their lengths are unknown.
+    """
 
     vocab_size: int
     reserved_ids: frozenset[int] = frozenset()
+    tokenizer: Tokenizer | None = None

@@ -8,7 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workloads.arrival import ArrivalProcess
 from workloads.distributions import LengthDist
+from workloads.profile import SourceProfile
 from workloads.request import RequestSpec, TokenSpace
+
+
+def allowed_ids(token_space: TokenSpace) -> np.ndarray:
+    """The token ids random prompts may use: the vocabulary less its reserved (special) ids."""
+    return np.setdiff1d(np.arange(token_space.vocab_size), np.fromiter(token_space.reserved_ids, int))
 
 
 class Seeds(BaseModel):
@@ -55,7 +61,7 @@ class SyntheticWorkload(BaseModel):
         out_lens = self.output_tokens.sample(len_rng, n)
         offsets = self.arrival.offsets(np.random.default_rng(seeds.arrival), n)
         content_rng = np.random.default_rng(seeds.content)
-        allowed = np.setdiff1d(np.arange(token_space.vocab_size), np.fromiter(token_space.reserved_ids, int))
+        allowed = allowed_ids(token_space)
         for i in range(n):
             ids = content_rng.choice(allowed, size=int(in_lens[i]))
             yield RequestSpec(
@@ -65,3 +71,11 @@ class SyntheticWorkload(BaseModel):
                 scheduled_offset_s=None if offsets is None else float(offsets[i]),
                 source={"kind": "synthetic", "index": i},
             )
+
+    def source_profile(self) -> SourceProfile:
+        """Synthetic traffic has no source beyond its distributions: only its description and count."""
+        def show(dist) -> str:
+            return ", ".join(f"{k}={v}" for k, v in dist.model_dump(exclude_none=True).items())
+        return SourceProfile(kind="synthetic", rows_read=self.requests, rows_used=self.requests,
+                             description=f"input tokens {show(self.input_tokens)}; output tokens "
+                                         f"{show(self.output_tokens)}; arrival {show(self.arrival)}")

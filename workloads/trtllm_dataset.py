@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from workloads.arrival import ArrivalProcess, Closed
+from workloads.profile import SourceProfile, numbered_lines
 from workloads.request import RequestSpec, TokenSpace
 
 
@@ -115,16 +116,10 @@ def _parse_row(path: Path, line_no: int, text: str) -> DatasetRow | None:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of each line; unreadable files and non-UTF-8 lines raise ValueError."""
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read dataset: {exc.strerror or exc}") from None
-    with f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                yield line_no, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})") from None
+    for line_no, text in numbered_lines(path, "dataset"):
+        if text is None:
+            raise ValueError(f"{path}:{line_no}: not UTF-8 text")
+        yield line_no, text
 
 
 def _is_metadata_line(line_no: int, text: str) -> bool:
@@ -218,6 +213,16 @@ class TrtllmDatasetWorkload(BaseModel):
                 scheduled_offset_s=None if offsets is None else float(offsets[i]),
                 source={"kind": "trtllm_dataset", "path": self.path, "line": row.line, "task_id": row.task_id},
             )
+
+
+    def source_profile(self) -> SourceProfile:
+        """The rows used, with their lengths (input lengths only when every row has token ids)."""
+        rows = self.rows()
+        ids = [len(r.input_ids) for r in rows if r.input_ids is not None]
+        notes = [] if len(ids) == len(rows) else ["text prompts: input lengths are known only after tokenizing"]
+        return SourceProfile(kind="trtllm_dataset", description=f"trtllm-bench dataset {self.path}",
+                             rows_read=len(rows), rows_used=len(rows), input_tokens=ids or None,
+                             output_tokens=[r.output_tokens for r in rows], notes=notes)
 
 
 def write_trtllm_dataset(path: Path | str, specs: Iterable[RequestSpec]) -> int:

@@ -12,6 +12,7 @@ import yaml
 
 from engine_adapters.mock import MockConfig
 from harness.config import EngineSpec, parse_objective
+from harness.fidelity import workload_fidelity
 from harness.metrics import METRICS, SloLimit, compute
 from harness.records import RequestRecord, write_records
 from harness.store import SCHEMA_VERSION, write_json
@@ -20,6 +21,8 @@ from harness.tuner import objective_value
 from reports import recommended_config, render_run_report, render_study_report, write_recommended
 from reports import figures
 from reports.html import format_number, format_percent
+from workloads import RequestSpec
+from workloads.profile import SourceProfile
 
 MS = 1_000_000
 OBJECTIVE = "maximize goodput_req_s"
@@ -69,7 +72,20 @@ def make_result(records: list[RequestRecord], engine_config: dict, *, simulated:
         "slo_pass": all(c["pass"] for c in metrics["slo"]) and error_rate <= max_error_rate,
         "telemetry": telemetry or {"available": False, "reason": "no GPU telemetry: pynvml not importable",
                                    "energy_per_output_token_j": None},
+        "fidelity": workload_fidelity(FIDELITY_SOURCE, specs_of(records), records),
     }
+
+
+FIDELITY_SOURCE = SourceProfile(kind="trace", description="trace <b>code</b>.csv", rows_read=50, rows_used=40,
+                                input_tokens=[64] * 40, output_tokens=[16] * 40, inter_arrival_s=[0.1] * 39,
+                                skipped={"non-numeric ContextTokens": 10},
+                                skipped_examples=["t.csv:7: non-numeric ContextTokens <script>"])
+
+
+def specs_of(records: list[RequestRecord]) -> list[RequestSpec]:
+    """The requests the records were made from (as far as fidelity needs them)."""
+    return [RequestSpec(id=r.id, max_output_tokens=r.expected_output_tokens, prompt_token_ids=(5,) * (r.input_tokens or 1),
+                        scheduled_offset_s=None if r.scheduled_ns is None else r.scheduled_ns / 1e9) for r in records]
 
 
 def make_trial(tmp_path: Path, number: int, params: dict, records: list[RequestRecord] | None = None,
@@ -194,7 +210,7 @@ def test_reports_are_self_contained(study, study_html):
 
 def test_figures_are_embedded_svg_data_uris(study_html):
     srcs = images(study_html)
-    assert len(srcs) == 5  # history, trade-off, TTFT, ITL, TTFT timeline
+    assert len(srcs) == 6  # history, trade-off, TTFT, ITL, TTFT timeline, offered load
     for src in srcs:
         assert src.startswith("data:image/svg+xml;base64,")
         svg = base64.b64decode(src.split(",", 1)[1]).decode()
@@ -260,8 +276,11 @@ def test_run_report(tmp_path):
     trial = make_trial(tmp_path, 0, {"max_batch_size": 12}, records)
     html = render_run_report(trial.result, records, "nightly <bench>")
     assert "<title>[SIMULATED] nightly &lt;bench&gt;</title>" in html
-    assert len(images(html)) == 3
+    assert len(images(html)) == 4
     assert "failed (measured)" in html and "server said 500" in html
+    assert "Workload fidelity" in html and "trace &lt;b&gt;code&lt;/b&gt;.csv" in html
+    assert "t.csv:7: non-numeric ContextTokens &lt;script&gt;" in html and "<script" not in html
+    assert "<td>non-numeric ContextTokens</td><td class=\"num\">10</td>" in html
     assert "max_batch_size" in html and ">12<" in html
 
 
