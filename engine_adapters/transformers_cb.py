@@ -45,6 +45,8 @@ class TransformersConfig(EngineConfig):
     page_size: int = Field(32, ge=4, description="tokens per KV page")
     cpu_kv_budget_mib: float = Field(64, gt=0, description="KV pool size on CPU at kv_cache_fraction 1.0")
     attn_implementation: str | None = Field(None, description="passed to from_pretrained; None: transformers' default")
+    prefix_caching: bool = Field(True, description="-> allow_block_sharing: reuse the KV blocks of a prompt prefix "
+                                 "already cached (only allowed: models that cannot share blocks ignore it)")
     seed: int = 0
 
 
@@ -174,7 +176,8 @@ def _launch(config: TransformersConfig) -> TransformersEngine:
     cb_fields = {f.name for f in dataclasses.fields(transformers.ContinuousBatchingConfig)}
     page_field = "page_size" if "page_size" in cb_fields else "block_size"  # transformers 5.17 calls it block_size
     cb_kwargs: dict[str, Any] = {page_field: config.page_size, "max_batch_tokens": config.max_num_tokens,
-                                 "max_requests_per_batch": config.max_batch_size, "seed": config.seed}
+                                 "max_requests_per_batch": config.max_batch_size, "seed": config.seed,
+                                 "allow_block_sharing": config.prefix_caching}
     if device == "cpu":
         cb_kwargs["num_blocks"] = cpu_num_blocks(config, model.config.get_text_config().to_dict())
     else:
