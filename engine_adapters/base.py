@@ -110,6 +110,12 @@ class EngineAdapter(abc.ABC):
         prompt + output tokens, when given), or None if it may be launched."""
         return None
 
+    def heuristic_point(self, config: EngineConfig, hardware: Hardware, input_tokens: float,
+                        output_tokens: float) -> dict | None:
+        """The engine's own sizing rule as tuner params (e.g. trtllm-bench's max_batch_size / max_num_tokens)
+        for `config` on `hardware` under requests of these mean lengths; None when it has none or cannot tell."""
+        return None
+
     @abc.abstractmethod
     def start(self, config: EngineConfig) -> contextlib.AbstractAsyncContextManager[Engine]:
         """Async context manager yielding a ready Engine; leaving it frees all engine resources."""

@@ -222,6 +222,13 @@ class MockAdapter(EngineAdapter):
             with contextlib.suppress(asyncio.CancelledError):
                 await engine._loop_task
 
+    def heuristic_point(self, config: MockConfig, hardware: Hardware, input_tokens: float,
+                        output_tokens: float) -> dict:
+        """As many sequences as the KV pool holds at the mean length, and a token budget that prefills a
+        full batch's prompts in one step: a simple rule with a known answer, for testing warm starts."""
+        batch = max(int(config.kv_capacity_tokens() // max(input_tokens + output_tokens, 1)), 1)
+        return {"max_batch_size": batch, "max_num_tokens": int(batch * input_tokens)}
+
     def fingerprint(self, config: MockConfig) -> dict:
         return {"engine": "mock", "engine_version": "service-model-1", "simulated": True,
                 "model": config.model, "device": "simulated (no hardware measured)"}

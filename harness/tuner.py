@@ -29,6 +29,7 @@ from harness.errors import ConfigError
 from harness.metrics import metric_value
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from search_spaces import SearchSpace, SpaceError, load_space
+from workloads import TokenSpace
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -154,6 +155,28 @@ class Tuner:
         self.study = optuna.create_study(study_name=cfg.name, storage=storage or run_dir.storage_url(),
                                          sampler=sampler, direction=direction, load_if_exists=True)
         self._check_same_experiment()
+        if not self.study.trials:
+            self._enqueue_warm_start()
+
+    def _enqueue_warm_start(self) -> None:
+        """Queue the space's warm-start points, snapped onto the space, as a new study's first trials."""
+        for entry in self.space.warm_start:
+            if entry == "engine-heuristic":
+                point, source = self._engine_heuristic(), f"{self.cfg.engine.kind} engine heuristic"
+            else:
+                point, source = entry, "warm_start point"
+            if point:
+                self.study.enqueue_trial(self.space.snap(point), user_attrs={"warm_start": source})
+
+    def _engine_heuristic(self) -> dict | None:
+        """The adapter's sizing rule for the configured engine, at the workload's mean request lengths
+        (text prompts without a tokenizer: UTF-8 bytes / 4)."""
+        specs = list(self.cfg.workload.generate(TokenSpace(vocab_size=32_000)))
+        inputs = [s.input_tokens if s.input_tokens is not None else max(len(s.prompt_text.encode()) // 4, 1)
+                  for s in specs]
+        outputs = [s.max_output_tokens for s in specs]
+        return self.adapter.heuristic_point(self.cfg.engine.resolve(), self.hardware,
+                                            sum(inputs) / len(inputs), sum(outputs) / len(outputs))
 
     def _check_same_experiment(self) -> None:
         fp = self.cfg.fingerprint()

@@ -9,6 +9,9 @@ A space file:
       dtype: {type: categorical, choices: [float32, bfloat16]}
     rules:
       - max_num_tokens >= max_batch_size
+    warm_start:                  # measured first, before the sampler proposes anything
+      - engine-heuristic         # the engine adapter's own sizing rule (trtllm-bench's for TensorRT-LLM)
+      - {max_batch_size: 8}      # a known-good point; params left out are sampled
 
 Rules are arithmetic comparisons over param names, numbers and `gpus` (the GPU count);
 a sampled point breaking a rule is infeasible and never launched. Imports neither the harness
@@ -57,6 +60,10 @@ class IntParam(_RangeParam):
     def suggest(self, trial, name):
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
+    def nearest(self, value):
+        on_grid = self.low + round((value - self.low) / self.step) * self.step
+        return int(min(max(on_grid, self.low), self.high - (self.high - self.low) % self.step))
+
 
 class FloatParam(_RangeParam):
     type: Literal["float"]
@@ -65,6 +72,11 @@ class FloatParam(_RangeParam):
     def suggest(self, trial, name):
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
+    def nearest(self, value):
+        if self.step is not None:
+            value = self.low + round((value - self.low) / self.step) * self.step
+        return float(min(max(value, self.low), self.high))
+
 
 class CategoricalParam(_Param):
     type: Literal["categorical"]
@@ -72,6 +84,13 @@ class CategoricalParam(_Param):
 
     def suggest(self, trial, name):
         return trial.suggest_categorical(name, self.choices)
+
+    def nearest(self, value):
+        """The choice equal to `value`, else (numbers) the closest numeric choice; None if there is none."""
+        if value in self.choices:
+            return value
+        numeric = [c for c in self.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return min(numeric, key=lambda c: abs(c - value)) if numeric and isinstance(value, (int, float)) else None
 
 
 Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]
@@ -131,6 +150,7 @@ class _SpaceFile(BaseModel):
     description: str = ""
     params: dict[str, Param] = Field(min_length=1)
     rules: list[str] = Field(default_factory=list)
+    warm_start: list[Union[Literal["engine-heuristic"], dict[str, Any]]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,10 +160,17 @@ class SearchSpace:
     params: dict[str, Any]
     rules: tuple[Rule, ...]
     source: str
+    warm_start: tuple[str | dict[str, Any], ...] = ()
 
     def suggest(self, trial) -> dict[str, Any]:
         """Sample every param on an Optuna trial (ask interface); returns {name: value}."""
         return {name: p.suggest(trial, name) for name, p in self.params.items()}
+
+    def snap(self, point: dict[str, Any]) -> dict[str, Any]:
+        """`point` moved onto the space: each known param to its nearest allowed value (clipped to the
+        range, onto the step grid, or the closest numeric choice); unknown params are dropped."""
+        snapped = {name: self.params[name].nearest(v) for name, v in point.items() if name in self.params}
+        return {name: v for name, v in snapped.items() if v is not None}
 
     def broken_rule(self, values: dict[str, Any], gpus: int) -> str | None:
         """The first rule `values` break (its text), or None when all hold."""
@@ -180,4 +207,7 @@ def load_space(name_or_path: str, base_dir: Path | None = None) -> SearchSpace:
         rules = tuple(Rule.parse(r, names) for r in spec.rules)
     except ValueError as exc:
         raise SpaceError(f"{path}: rules: {exc}") from None
-    return SearchSpace(spec.name, spec.engine, dict(spec.params), rules, str(path))
+    unknown = sorted({k for p in spec.warm_start if isinstance(p, dict) for k in p} - set(spec.params))
+    if unknown:
+        raise SpaceError(f"{path}: warm_start: unknown params {', '.join(unknown)}; known: {', '.join(spec.params)}")
+    return SearchSpace(spec.name, spec.engine, dict(spec.params), rules, str(path), tuple(spec.warm_start))

@@ -129,3 +129,35 @@ def test_tpe_sampler_with_slo_constraints_runs(tmp_path):
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert complete and all(set(t.constraints) == {"tpot_ms.p95", "error_rate"} for t in complete)
     assert read_json(run_dir.trial_dir(0) / TrialFiles.RESULT)["simulated"] is True
+
+
+def test_warm_start_points_run_first_snapped_onto_the_space(tmp_path):
+    """The mock's heuristic: KV pool 3,000 tokens / (16 + 8) per sequence = batch 125, token budget
+    125 * 16 = 2,000: snapped to the space, batch 64 (the high end) and 2048 (the nearest choice)."""
+    space = {"name": "warm", "engine": "mock",
+             "params": {"max_batch_size": {"type": "int", "low": 1, "high": 64},
+                        "max_num_tokens": {"type": "categorical", "choices": [256, 2048]}},
+             "warm_start": ["engine-heuristic", {"max_batch_size": 3}]}
+    cfg = experiment(tmp_path, trials=3, space=space, params={"kv_pool_tokens": 3000, "kv_cache_fraction": 1.0})
+    run_dir = RunDir(tmp_path / "run")
+    tuner = Tuner(cfg, run_dir, config_dir=tmp_path)
+    tuner.run()
+    trials = sorted(tuner.study.trials, key=lambda t: t.number)
+    assert trials[0].params == {"max_batch_size": 64, "max_num_tokens": 2048}
+    assert trials[0].user_attrs["warm_start"] == "mock engine heuristic"
+    assert trials[1].params["max_batch_size"] == 3 and trials[1].user_attrs["warm_start"] == "warm_start point"
+    assert "warm_start" not in trials[2].user_attrs
+    Tuner(experiment(tmp_path, trials=4, space=space, params={"kv_pool_tokens": 3000, "kv_cache_fraction": 1.0}),
+          run_dir, config_dir=tmp_path).run()  # resuming queues nothing again
+    assert sum("warm_start" in t.user_attrs for t in load_study_trials(run_dir)) == 2
+
+
+def load_study_trials(run_dir: RunDir) -> list:
+    return optuna.load_study(study_name="t", storage=run_dir.storage_url()).trials
+
+
+def test_warm_start_params_must_be_in_the_space(tmp_path):
+    space = {"name": "bad", "engine": "mock", "params": {"max_batch_size": {"type": "int", "low": 1, "high": 8}},
+             "warm_start": [{"max_batch_sz": 4}]}
+    with pytest.raises(ConfigError, match="warm_start: unknown params max_batch_sz"):
+        Tuner(experiment(tmp_path, space=space), RunDir(tmp_path / "run"), config_dir=tmp_path)
