@@ -35,6 +35,7 @@ class TrialRow:
     duration_s: float | None
     dir: Path
     result: dict | None = None
+    warm_start: str | None = None  # where a queued first point came from (see Tuner._enqueue_warm_start)
 
     @property
     def slo_pass(self) -> bool:
@@ -87,7 +88,8 @@ def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
         rows.append(TrialRow(t.number, state, dict(t.params), t.value, t.user_attrs.get("reason"), duration, tdir,
-                             read_json(tdir / TrialFiles.RESULT) if state == "complete" else None))
+                             read_json(tdir / TrialFiles.RESULT) if state == "complete" else None,
+                             t.user_attrs.get("warm_start")))
     summary = StudySummary(name=config["name"], objective=objective, direction=direction, metric=metric,
                            config=config, space=config["search"]["space"], trials=rows)
     choose(summary)

@@ -309,6 +309,13 @@ def test_minimize_objective(tmp_path):
     assert recommended_config(summary)["objective"]["value"] == summary.best.value
 
 
+def test_warm_start_trials_are_marked(tmp_path):
+    trials = [make_trial(tmp_path, n, {"max_batch_size": b}) for n, b in enumerate([64, 8])]
+    trials[0].warm_start = "mock engine <heuristic>"
+    html = render_study_report(make_summary(trials))
+    assert html.count('<span title="mock engine &lt;heuristic&gt;">⚑</span>') == 1
+
+
 def test_figures_leave_matplotlib_global_state_alone(study):
     before_rc, before_backend = dict(matplotlib.rcParams), matplotlib.get_backend()
     figures.objective_history(study)
