@@ -9,7 +9,10 @@ from engine_adapters.base import Engine, EngineAdapter, EngineConfig, Hardware, 
 _ADAPTERS = {
     "mock": "engine_adapters.mock:MockAdapter",
     "openai": "engine_adapters.openai_http:OpenAIAdapter",
+    "server": "engine_adapters.server_launcher:ServerAdapter",
+    "tensorrt_llm": "engine_adapters.tensorrt_llm:TensorRTLLMAdapter",
     "transformers": "engine_adapters.transformers_cb:TransformersAdapter",
+    "trtllm_serve": "engine_adapters.trtllm_serve:TrtllmServeAdapter",
 }
 
 

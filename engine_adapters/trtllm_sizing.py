@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import math
 
+from engine_adapters.base import Hardware
+from engine_adapters.builtin_models import model_config
+from engine_adapters.trtllm_args import TrtllmKnobs, weight_bytes
+
 GIB = 1024**3
 
 
@@ -43,3 +47,21 @@ def trtllm_bench_sizing(*, weight_bytes: float, kv_bytes_per_token: float, gpu_m
     batch = min(sequences, 4096) / pp
     tokens = min(batch * (1 + input_tokens / output_tokens), 32768)
     return {"max_batch_size": _round_batch(batch), "max_num_tokens": _round_tokens(tokens)}
+
+
+def bench_point(knobs: TrtllmKnobs, hardware: Hardware, input_tokens: float, output_tokens: float) -> dict | None:
+    """trtllm-bench's max_batch_size / max_num_tokens for `knobs`' model, quantization and tp x pp on
+    `hardware`; None when the model's size is unknown (a hub id) or the GPUs are not there."""
+    gpus = knobs.tensor_parallel_size * knobs.pipeline_parallel_size
+    weights = weight_bytes(knobs.model, knobs.quantization)
+    if weights is None or len(hardware.gpu_memory_bytes) < gpus:
+        return None
+    arch = model_config(knobs.model)
+    text = arch.get("text_config") or arch
+    heads = text["num_attention_heads"]
+    kv = kv_bytes_per_token(layers=text["num_hidden_layers"], kv_heads=text.get("num_key_value_heads") or heads,
+                            head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+                            tp=knobs.tensor_parallel_size, bytes_per_elem=1 if knobs.kv_cache_dtype == "fp8" else 2)
+    return trtllm_bench_sizing(weight_bytes=weights, kv_bytes_per_token=kv,
+                               gpu_memory_bytes=sum(hardware.gpu_memory_bytes[:gpus]), pp=knobs.pipeline_parallel_size,
+                               input_tokens=input_tokens, output_tokens=output_tokens)

@@ -86,16 +86,20 @@ def _params(params: dict) -> str:
 def _write_outputs(rdir: RunDir, storage: str | None) -> None:
     from harness.summary import load_study
     from reports import render_study_report, write_recommended
+    from reports.recommended import write_deployment
 
     summary = load_study(rdir, storage)
     write_text_atomic(rdir.report, render_study_report(summary))
     has_best = write_recommended(summary, rdir.recommended)
     if not has_best:
         rdir.recommended.unlink(missing_ok=True)
+    deployment = write_deployment(summary, rdir.path)
     _print_summary(summary)
     console.print(f"report: {rdir.report}")
     if has_best:
         console.print(f"recommended config: {rdir.recommended}")
+    for path in deployment:
+        console.print(f"deployment: {path}")
 
 
 def _print_summary(summary) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import platform
 import sys
 import time
@@ -16,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from engine_adapters import Hardware, get_adapter
+from engine_adapters.server_launcher import TRIAL_DIR_ENV
 from harness import __version__
 from harness.calibrate import load_certificate, trust_verdict
 from harness.clients import run_in_processes
@@ -124,6 +126,7 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
 
 def main(trial_dir: str) -> int:
     out = Path(trial_dir)
+    os.environ[TRIAL_DIR_ENV] = str(out.resolve())  # where engines that launch a server write its log
     try:
         cfg = load_config(out / TrialFiles.CONFIG)
         result = run_event_loop(measure(cfg, out))

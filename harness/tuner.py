@@ -140,8 +140,8 @@ class Tuner:
             self.space: SearchSpace = load_space(cfg.search.space, base_dir=config_dir)
         except SpaceError as exc:
             raise ConfigError(f"search.space: {exc}") from None
-        if self.space.engine != cfg.engine.kind:
-            raise ConfigError(f"search.space: space {self.space.name!r} is for engine {self.space.engine!r}, "
+        if cfg.engine.kind not in self.space.engines:
+            raise ConfigError(f"search.space: space {self.space.name!r} is for engine {' / '.join(self.space.engines)}, "
                               f"but engine.kind is {cfg.engine.kind!r}")
         self.cfg, self.run_dir = cfg, run_dir
         self.hardware = hardware or Hardware.detect()

@@ -17,6 +17,7 @@ import jinja2
 import yaml
 from markupsafe import Markup, escape
 
+from engine_adapters.trtllm_serve import deployment_snippet
 from harness import __version__
 from harness.config import parse_objective
 from harness.metrics import METRICS, metric_value, summarize
@@ -217,6 +218,7 @@ def render_study_report(summary: StudySummary) -> str:
         records, note = _trial_records(chosen)
         chosen_view = _run_view(chosen.result, records, note)
     recommended = recommended_config(summary)
+    best_engine = summary.best.result["engine"] if summary.best else None
     context = {
         "title": f"Tuning study: {summary.name}",
         "simulated": summary.simulated,
@@ -234,6 +236,7 @@ def render_study_report(summary: StudySummary) -> str:
         "comparison": _comparison(summary) if summary.best else None,
         "misses": [m for m in slo_margins(chosen.result) if not m["pass"]] if chosen and not summary.best else [],
         "recommended_yaml": yaml.safe_dump({"engine": recommended["engine"]}, sort_keys=False) if recommended else None,
+        "llm_snippet": deployment_snippet(best_engine["kind"], best_engine["config"]) if best_engine else None,
         "history_figure": figures.objective_history(summary),
         "tradeoff_figure": figures.tradeoff(summary),
     }

@@ -3,12 +3,15 @@
 The `engine:` block is the exact resolved engine config the best trial ran (`kind`, `model`, and
 every other field as `params`), so pasting it into an experiment config and running
 `harness bench` reruns that configuration. Alongside: what it was tuned for and what it measured.
+For TensorRT-LLM studies, `write_deployment` adds `trtllm-serve.yaml` (`--extra_llm_api_options`)
+and `trtllm-serve.sh` running trtllm-serve with the same config.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.store import write_yaml
+from engine_adapters.trtllm_serve import deployment_files
+from harness.store import write_text_atomic, write_yaml
 from harness.summary import StudySummary
 from reports.results import key_metrics, slo_margins
 
@@ -49,3 +52,22 @@ def write_recommended(summary: StudySummary, path: Path | str) -> bool:
         return False
     write_yaml(Path(path), doc)
     return True
+
+
+def write_deployment(summary: StudySummary, directory: Path | str) -> list[Path]:
+    """Write the deployment files of `summary.best` into `directory` atomically (trtllm-serve's for
+    TensorRT-LLM; none for other engines or without a best trial); return their paths."""
+    best = summary.best
+    if best is None:
+        return []
+    engine = best.result["engine"]
+    header = (f"trtllm-serve with the recommended config of harness study '{summary.name}', trial {best.number} "
+              f"({summary.objective} = {best.value:.6g}).")
+    paths = []
+    for name, text in deployment_files(engine["kind"], engine["config"], header).items():
+        path = Path(directory) / name
+        write_text_atomic(path, text)
+        if name.endswith(".sh"):
+            path.chmod(0o755)
+        paths.append(path)
+    return paths

@@ -3,7 +3,7 @@
 A space file:
 
     name: transformers-default
-    engine: transformers
+    engine: transformers          # or a list of kinds sharing these knobs
     params:
       max_batch_size: {type: int, low: 1, high: 32, log: true}
       dtype: {type: categorical, choices: [float32, bfloat16]}
@@ -146,7 +146,7 @@ class Rule:
 class _SpaceFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    engine: str
+    engine: str | list[str] = Field(description="the engine kind(s) whose knobs these are")
     description: str = ""
     params: dict[str, Param] = Field(min_length=1)
     rules: list[str] = Field(default_factory=list)
@@ -156,7 +156,7 @@ class _SpaceFile(BaseModel):
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
-    engine: str
+    engines: tuple[str, ...]
     params: dict[str, Any]
     rules: tuple[Rule, ...]
     source: str
@@ -210,4 +210,5 @@ def load_space(name_or_path: str, base_dir: Path | None = None) -> SearchSpace:
     unknown = sorted({k for p in spec.warm_start if isinstance(p, dict) for k in p} - set(spec.params))
     if unknown:
         raise SpaceError(f"{path}: warm_start: unknown params {', '.join(unknown)}; known: {', '.join(spec.params)}")
-    return SearchSpace(spec.name, spec.engine, dict(spec.params), rules, str(path), tuple(spec.warm_start))
+    engines = (spec.engine,) if isinstance(spec.engine, str) else tuple(spec.engine)
+    return SearchSpace(spec.name, engines, dict(spec.params), rules, str(path), tuple(spec.warm_start))

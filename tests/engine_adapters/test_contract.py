@@ -1,5 +1,6 @@
 """The contract every engine adapter must meet (engine_adapters/base.py), run against each one."""
 import asyncio
+import sys
 import time
 
 import pytest
@@ -9,12 +10,21 @@ from engine_adapters import Hardware, adapter_kinds, get_adapter
 from engine_adapters.mock_server import MockServerConfig, run_mock_server
 from workloads import RequestSpec
 
+MOCK_SERVER_COMMAND = [sys.executable, "-m", "engine_adapters.mock_server", "--port", "{port}", "--model",
+                       "{served_model}", "--ttft-ms", "1", "--itl-ms", "1"]
 # Small, fast configs of each adapter on this CPU-only machine; `openai` drives the mock server.
 CONFIGS = {
     "mock": {"step_ms": 1},
     "openai": {"model": "mock"},
     "transformers": {"model": "builtin:tiny-llama", "max_batch_size": 4, "max_num_tokens": 128},
+    "tensorrt_llm": {"model": "org/tiny-llama", "max_batch_size": 4, "max_num_tokens": 128},  # on the fake
+    # launchers, each starting its own mock server; not started, their fingerprint cannot tell it is simulated
+    "server": {"model": "mock", "command": MOCK_SERVER_COMMAND, "api_key_env": None},
+    "trtllm_serve": {"model": "mock", "command": MOCK_SERVER_COMMAND, "api_key_env": None},
 }
+# What each adapter is checked against (default: this CPU-only machine).
+HARDWARE = {"tensorrt_llm": Hardware(gpu_count=1, gpu_names=("fake GPU",), gpu_memory_bytes=(80 * 2**30,),
+                                     compute_capability=(9, 0))}
 SIMULATED = {"mock", "openai"}
 ADAPTERS = [pytest.param(k, marks=pytest.mark.slow) if k == "transformers" else k for k in CONFIGS]
 
@@ -26,10 +36,15 @@ def mock_server_url():
 
 
 def make_config(kind, request):
-    """CONFIGS[kind] as the adapter's Config; for `openai`, pointed at the module's mock server."""
+    """CONFIGS[kind] as the adapter's Config; for `openai`, pointed at the module's mock server; for
+    `tensorrt_llm`, with the fake TensorRT-LLM importable; for launchers, logging into the test's tmp_path."""
     params = dict(CONFIGS[kind])
+    if kind == "tensorrt_llm":
+        request.getfixturevalue("fake_trtllm")
     if kind == "openai":
         params["base_url"] = request.getfixturevalue("mock_server_url")
+    if kind in ("server", "trtllm_serve"):
+        params["log_dir"] = str(request.getfixturevalue("tmp_path"))
     return get_adapter(kind).Config(**params)
 
 
@@ -52,7 +67,7 @@ async def collect(engine, spec):
 def test_concurrent_streams_deliver_exactly_the_requested_tokens_in_time_order(kind, request):
     adapter = get_adapter(kind)
     config = make_config(kind, request)
-    assert adapter.check(config, Hardware()) is None
+    assert adapter.check(config, HARDWARE.get(kind, Hardware())) is None
 
     async def go():
         async with adapter.start(config) as engine:

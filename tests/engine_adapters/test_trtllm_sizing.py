@@ -43,3 +43,18 @@ def test_pipeline_stages_split_the_batch_and_no_room_is_none():
     assert (one["max_batch_size"], two["max_batch_size"]) == (2048, 1024)
     assert trtllm_bench_sizing(weight_bytes=80 * GIB, kv_bytes_per_token=kv, gpu_memory_bytes=80 * GIB, pp=1,
                                input_tokens=10, output_tokens=10) is None
+
+
+def test_bench_point_for_the_builtin_model_on_one_gpu(tmp_path, monkeypatch):
+    """builtin:tiny-llama: 4 layers, 2 KV heads of 64 -> 2,048 B of bf16 KV per token; on an 80 GiB GPU the
+    cache holds millions of sequences: batch capped at 4,096, tokens 4,096 x (1 + 512 / 128) = 20,480."""
+    from engine_adapters.base import Hardware
+    from engine_adapters.trtllm_args import TrtllmKnobs
+    from engine_adapters.trtllm_sizing import bench_point
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    one_gpu = Hardware(gpu_count=1, gpu_memory_bytes=(80 * GIB,), compute_capability=(9, 0))
+    knobs = TrtllmKnobs(model="builtin:tiny-llama")
+    assert bench_point(knobs, one_gpu, 512, 128) == {"max_batch_size": 4096, "max_num_tokens": 20480}
+    assert bench_point(knobs.model_copy(update={"tensor_parallel_size": 2}), one_gpu, 512, 128) is None
+    assert bench_point(TrtllmKnobs(model="meta-llama/Llama-3.1-8B"), one_gpu, 512, 128) is None  # hub id: size unknown

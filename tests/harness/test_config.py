@@ -45,7 +45,8 @@ def test_the_good_config_and_the_examples_load(tmp_path):
     ("workload.requests", 0, "workload.synthetic.requests: Input should be greater than or equal to 1"),
     ("workload.input_tokens.dist", "zipf", "workload.synthetic.input_tokens"),
     ("workload.arrival.rate", -1, "workload.synthetic.arrival.poisson.rate"),
-    ("engine.kind", "nope", "engine.kind: unknown engine kind 'nope'; known: mock, openai, transformers"),
+    ("engine.kind", "nope", "engine.kind: unknown engine kind 'nope'; known: mock, openai, server, tensorrt_llm, "
+                            "transformers, trtllm_serve"),
     ("engine.params", {"max_batch_size": 0}, "params.max_batch_size: Input should be greater than or equal to 1"),
     ("engine.params", {"batch": 4}, "params.batch: unknown key"),
     ("slo", {"ttft": {"p95": 1}}, "slo: unknown SLO metric 'ttft'"),

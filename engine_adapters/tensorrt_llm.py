@@ -1,0 +1,311 @@
+"""TensorRT-LLM through its LLM API, run inside the trial process.
+
+The engine is `tensorrt_llm.LLM` (PyTorch backend) or, with `backend: tensorrt`,
+`tensorrt_llm._tensorrt_engine.LLM` (a TensorRT engine built from the checkpoint). Knobs map to
+`LLM(...)` arguments through `trtllm_args` (see there for the TensorRT-LLM sources followed). The
+LLM is built off the event loop thread and always shut down when the engine context ends, also on
+error or cancellation. tensorrt_llm is imported only in `start` and `fingerprint`; the harness runs
+each trial in a spawned subprocess, so CUDA is initialised in a process that never forks.
+
+Engine cache (`backend: tensorrt` only): an engine build takes minutes, so a built engine is saved
+(`LLM.save`, into a temporary directory renamed into place) under
+`$HARNESS_CACHE/trtllm-engines/<key>`, the key hashing what the build depends on: the TensorRT-LLM
+version, the model's identity and the build knobs (`BUILD_KNOBS` and `extra_llm_api_options`).
+Runtime-only knobs (KV cache fraction, block reuse, chunked prefill, CUDA graphs, scheduler policy)
+do not enter it; the next start with the same key loads the engine directory instead of building.
+The PyTorch backend builds nothing: it loads the Hugging Face checkpoint each start, nothing to cache.
+
+Requests are sent with `generate_async(prompt, SamplingParams(max_tokens=n, ignore_eos=True,
+return_perf_metrics=True), streaming=True)` (tensorrt_llm/llmapi/llm.py; SamplingParams from
+tensorrt_llm/sampling_params.py; RequestOutput.outputs[0] is an executor/result.py CompletionOutput
+with token_ids, token_ids_diff, finish_reason, request_perf_metrics). Each RequestOutput becomes one
+event timed at its receipt. The engine's own times (request_perf_metrics.timing_metrics:
+first_token_time, last_token_time, timedeltas on C++ steady_clock, which on Linux is
+CLOCK_MONOTONIC like time.perf_counter_ns) become `server_t_ns` where they are the time of that
+event's chunk: the first chunk when it holds one token, the final chunk always.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, AsyncIterator
+
+from pydantic import Field
+
+from engine_adapters.base import Engine, EngineAdapter, Hardware, StreamEvent
+from engine_adapters.builtin_models import BUILTIN_PREFIX, HFTokenizer, cache_dir, model_config, resolve_model
+from engine_adapters.trtllm_args import (
+    TrtllmKnobs,
+    checkpoint_quantization,
+    llm_kwargs,
+    llm_snippet,
+    required_sm,
+    weight_bytes,
+)
+from engine_adapters.trtllm_sizing import bench_point
+from workloads import RequestSpec, TokenSpace
+
+INSTALL_HINT = ("install it on a Linux x86_64 or aarch64 machine with a CUDA GPU following NVIDIA's "
+                "instructions (`pip install tensorrt_llm`, with NVIDIA's package index as their docs say), or run "
+                "TensorRT-LLM in its container and use `engine.kind: trtllm_serve`")
+
+#: the knobs a TensorRT engine is built for; the others are runtime settings of a built engine
+BUILD_KNOBS = ("model", "tensor_parallel_size", "pipeline_parallel_size", "max_batch_size", "max_num_tokens",
+               "max_seq_len", "quantization", "kv_cache_dtype", "extra_llm_api_options")
+
+#: share of a GPU's memory the weights may take; the rest is CUDA context, activations and KV cache
+WEIGHT_MEMORY_SHARE = 0.9
+
+
+class TensorRTLLMNotInstalled(ImportError):
+    """tensorrt_llm cannot be imported here (or lacks the requested backend); the message says what to do."""
+
+
+class TensorRTLLMConfig(TrtllmKnobs):
+    engine_cache: bool = Field(True, description="backend tensorrt: reuse an engine built earlier with the same "
+                                                 "build knobs (see module docstring)")
+
+
+def require_tensorrt_llm() -> ModuleType:
+    """Import tensorrt_llm, or raise TensorRTLLMNotInstalled naming how to install it."""
+    try:
+        import tensorrt_llm
+    except ImportError as e:
+        raise TensorRTLLMNotInstalled(
+            f"TensorRT-LLM is not installed or cannot be imported ({e}); {INSTALL_HINT}") from e
+    return tensorrt_llm
+
+
+def _llm_class(tllm: ModuleType, backend: str) -> type:
+    if backend == "pytorch":
+        return tllm.LLM
+    try:
+        return importlib.import_module("tensorrt_llm._tensorrt_engine").LLM
+    except ImportError as e:
+        raise TensorRTLLMNotInstalled(
+            f"TensorRT-LLM {tllm.__version__} has no TensorRT-engine backend (tensorrt_llm._tensorrt_engine: {e}); "
+            "use backend: pytorch") from e
+
+
+class TensorRTLLMEngine(Engine):
+    """A started `LLM`; `stream` may be called concurrently from the event loop it was started on."""
+
+    def __init__(self, llm: Any, sampling_params: type, tokenizer_model: str, log_lines: list[str]):
+        hf = getattr(llm.tokenizer, "tokenizer", llm.tokenizer)  # TRT-LLM wraps the HF tokenizer
+        self.token_space = TokenSpace(vocab_size=len(hf), reserved_ids=frozenset(hf.all_special_ids),
+                                      tokenizer=HFTokenizer(hf, tokenizer_model))
+        self._llm = llm
+        self._log_lines = log_lines
+        accepted = inspect.signature(sampling_params).parameters
+        optional = {"return_perf_metrics": True,  # engine-side token times, where the version has them
+                    "detokenize": False}  # only token counts are needed: spare the client process the work
+        self._sampling = lambda n: sampling_params(max_tokens=n, ignore_eos=True,
+                                                   **{k: v for k, v in optional.items() if k in accepted})
+
+    async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
+        prompt = list(request.prompt_token_ids) if request.prompt_token_ids is not None else request.prompt_text
+        try:
+            result = self._llm.generate_async(prompt, sampling_params=self._sampling(request.max_output_tokens),
+                                              streaming=True)
+        except Exception as e:  # rejected at submission (prompt too long, engine shut down, ...)
+            yield StreamEvent(time.perf_counter_ns(), error=f"tensorrt_llm: {type(e).__name__}: {e}")
+            return
+        first, done = True, False
+        try:
+            async for output in result:
+                t_ns = time.perf_counter_ns()
+                completion = output.outputs[0]
+                n = len(completion.token_ids_diff)
+                done = output.finished
+                if n:
+                    yield StreamEvent(t_ns, n, server_t_ns=_engine_time(completion, first and n == 1, done))
+                    first = False
+                if done and completion.finish_reason in ("cancelled", "timeout"):
+                    yield StreamEvent(time.perf_counter_ns(), error=f"tensorrt_llm: request {completion.finish_reason}")
+        except Exception as e:  # RequestError and friends: the request failed inside the engine
+            done = True
+            yield StreamEvent(time.perf_counter_ns(), error=f"tensorrt_llm: {type(e).__name__}: {e}")
+        finally:
+            if not done:  # the client gave up (timeout, cancel): free the engine's slot
+                result.abort()
+
+    def log_lines(self) -> list[str]:
+        return list(self._log_lines)
+
+    def close(self) -> None:
+        """Blocking: shut the LLM down (its executor, workers and GPU memory)."""
+        self._llm.shutdown()
+
+
+def _engine_time(completion: Any, first_token: bool, final: bool) -> int | None:
+    """perf_counter_ns of the chunk per the engine's timing metrics, where they give it exactly."""
+    metrics = getattr(completion, "request_perf_metrics", None)
+    if metrics is None:
+        return None
+    timing = metrics.timing_metrics
+    value = timing.last_token_time if final else timing.first_token_time if first_token else None
+    if not isinstance(value, dt.timedelta) or not value:  # zero: not set yet
+        return None
+    return (value // dt.timedelta(microseconds=1)) * 1000
+
+
+def model_identity(model: str) -> dict:
+    """What identifies `model`'s weights without reading them: a builtin's recipe, a local directory's
+    path, config.json hash and file sizes and mtimes, or a hub id as given."""
+    if model.startswith(BUILTIN_PREFIX):
+        return {"builtin": model, "arch": model_config(model)}
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        return {"hub_id": model}
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    return {"path": str(path.resolve()),
+            "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16],
+            "files_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+
+
+def engine_cache_key(config: TrtllmKnobs, version: str) -> str:
+    """Content hash of everything a TensorRT engine build depends on (see module docstring)."""
+    build = {knob: getattr(config, knob) for knob in BUILD_KNOBS}
+    build["model"] = model_identity(config.model)
+    blob = json.dumps({"tensorrt_llm": version, **build}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _launch(config: TensorRTLLMConfig, tllm: ModuleType) -> TensorRTLLMEngine:
+    """Blocking: build or load the LLM and wrap it; the LLM is shut down if anything after it fails."""
+    llm_cls = _llm_class(tllm, config.backend)
+    model = str(resolve_model(config.model)) if config.model.startswith(BUILTIN_PREFIX) else config.model
+    kwargs = llm_kwargs(config, tllm, model=model)
+    log = [f"TensorRT-LLM {tllm.__version__}, backend {config.backend}; equivalent code:",
+           *llm_snippet(config).splitlines()]
+    engine_dir = None
+    if config.backend == "tensorrt" and config.engine_cache:
+        engine_dir = cache_dir() / "trtllm-engines" / engine_cache_key(config, tllm.__version__)
+        if (engine_dir / "config.json").is_file():
+            kwargs = {**kwargs, "model": str(engine_dir), "tokenizer": model}
+            kwargs.pop("quant_config", None)  # applied when the engine was built
+            log.append(f"engine cache hit: loading {engine_dir}")
+            engine_dir = None
+        else:
+            log.append(f"engine cache miss: building, then saving to {engine_dir}")
+    elif config.backend == "pytorch":
+        log.append("backend pytorch: no engine build, nothing to cache; the checkpoint is loaded each start")
+    t0 = time.perf_counter()
+    llm = llm_cls(**kwargs)
+    try:
+        log.append(f"LLM ready in {time.perf_counter() - t0:.1f} s")
+        if engine_dir is not None:
+            log.append(_save_engine(llm, engine_dir))
+        return TensorRTLLMEngine(llm, tllm.SamplingParams, model, log)
+    except BaseException:
+        llm.shutdown()
+        raise
+
+
+def _save_engine(llm: Any, engine_dir: Path) -> str:
+    """`llm.save` into a temporary sibling renamed to `engine_dir` (a concurrent saver's copy wins);
+    return the log line. A file system error only costs the cache, not the trial."""
+    tmp = None
+    try:
+        engine_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{engine_dir.name}.", dir=engine_dir.parent)
+        llm.save(tmp)
+        os.rename(tmp, engine_dir)
+        return f"engine saved to {engine_dir}"
+    except OSError as e:
+        if (engine_dir / "config.json").is_file():
+            return f"engine cache: {engine_dir} was saved meanwhile by another run"
+        return f"engine cache: could not save the engine ({e}); the next start builds it again"
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TensorRTLLMAdapter(EngineAdapter):
+    kind = "tensorrt_llm"
+    Config = TensorRTLLMConfig
+
+    def check(self, config: TensorRTLLMConfig, hardware: Hardware,
+              max_sequence_tokens: int | None = None) -> str | None:
+        if importlib.util.find_spec("tensorrt_llm") is None:
+            return f"TensorRT-LLM is not installed; {INSTALL_HINT}"
+        gpus = config.tensor_parallel_size * config.pipeline_parallel_size
+        if gpus > hardware.gpu_count:
+            return (f"tensor_parallel_size {config.tensor_parallel_size} x pipeline_parallel_size "
+                    f"{config.pipeline_parallel_size} needs {gpus} CUDA GPUs; this machine has {hardware.gpu_count}")
+        sm, cc = required_sm(config.quantization, config.kv_cache_dtype), hardware.compute_capability
+        if sm and cc and cc < sm:
+            what = [] if config.quantization == "none" else [config.quantization]
+            if config.kv_cache_dtype == "fp8":
+                what.append("fp8 KV cache")
+            return f"{' + '.join(what)} needs compute capability >= {sm[0]}.{sm[1]}; this GPU has {cc[0]}.{cc[1]}"
+        quantization = config.quantization
+        if config.backend == "pytorch":
+            stored = checkpoint_quantization(config.model)
+            if stored is not None and stored != quantization:
+                return (f"backend pytorch runs a checkpoint as it is quantized: {config.model} is {stored}, not "
+                        f"{quantization}; use a checkpoint pre-quantized as {quantization} (NVIDIA ModelOpt) "
+                        f"or backend tensorrt")
+        try:
+            weights = weight_bytes(config.model, quantization)
+            arch = model_config(config.model) if weights is not None else {}
+        except (ValueError, OSError) as e:
+            return str(e)
+        memory = hardware.gpu_memory_bytes[:gpus]
+        if weights and len(memory) == gpus and weights / gpus > WEIGHT_MEMORY_SHARE * min(memory):
+            return (f"{config.model} weights ({quantization}) need about {weights / gpus / 2**30:.1f} GiB per GPU "
+                    f"over {gpus} GPU(s); more than {WEIGHT_MEMORY_SHARE:.0%} of {min(memory) / 2**30:.1f} GiB: "
+                    f"raise tensor_parallel_size or quantize")
+        limit = config.max_seq_len or (arch.get("text_config") or arch).get("max_position_embeddings")
+        if max_sequence_tokens and limit and max_sequence_tokens > limit:
+            source = "max_seq_len" if config.max_seq_len else "the model's max_position_embeddings"
+            return f"the workload's longest sequence ({max_sequence_tokens} tokens) exceeds {source} ({limit})"
+        return None
+
+    def heuristic_point(self, config: TensorRTLLMConfig, hardware: Hardware, input_tokens: float,
+                        output_tokens: float) -> dict | None:
+        """trtllm-bench's sizing rule (engine_adapters/trtllm_sizing.py)."""
+        return bench_point(config, hardware, input_tokens, output_tokens)
+
+    @contextlib.asynccontextmanager
+    async def start(self, config: TensorRTLLMConfig):
+        tllm = require_tensorrt_llm()
+        launch = asyncio.ensure_future(asyncio.to_thread(_launch, config, tllm))
+        try:
+            engine = await asyncio.shield(launch)
+        except asyncio.CancelledError:  # the build thread goes on: wait for it, then shut its LLM down
+            with contextlib.suppress(Exception):
+                engine = await launch
+                await asyncio.to_thread(engine.close)
+            raise
+        try:
+            yield engine
+        finally:
+            await asyncio.to_thread(engine.close)
+
+    def fingerprint(self, config: TensorRTLLMConfig) -> dict:
+        tllm = require_tensorrt_llm()
+        hardware = Hardware.detect()
+        return {
+            "engine": "tensorrt-llm",
+            "engine_version": tllm.__version__,
+            "simulated": False,
+            "backend": config.backend,
+            "model": {"name": config.model, **model_identity(config.model),
+                      "checkpoint_quantization": checkpoint_quantization(config.model)},
+            "knobs": config.model_dump(mode="json"),
+            "gpus": list(hardware.gpu_names),
+            "compute_capability": list(hardware.compute_capability) if hardware.compute_capability else None,
+        }

@@ -1,0 +1,3 @@
+from tensorrt_llm.quantization.mode import QuantAlgo
+
+__all__ = ["QuantAlgo"]
