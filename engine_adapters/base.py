@@ -110,6 +110,11 @@ class EngineAdapter(abc.ABC):
         prompt + output tokens, when given), or None if it may be launched."""
         return None
 
+    def unavailable(self) -> str | None:
+        """Why this engine cannot run on this machine whatever its config (its library is not installed,
+        with how to install it), or None."""
+        return None
+
     def heuristic_point(self, config: EngineConfig, hardware: Hardware, input_tokens: float,
                         output_tokens: float) -> dict | None:
         """The engine's own sizing rule as tuner params (e.g. trtllm-bench's max_batch_size / max_num_tokens)

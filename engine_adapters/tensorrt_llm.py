@@ -237,10 +237,15 @@ class TensorRTLLMAdapter(EngineAdapter):
     kind = "tensorrt_llm"
     Config = TensorRTLLMConfig
 
-    def check(self, config: TensorRTLLMConfig, hardware: Hardware,
-              max_sequence_tokens: int | None = None) -> str | None:
+    def unavailable(self) -> str | None:
         if importlib.util.find_spec("tensorrt_llm") is None:
             return f"TensorRT-LLM is not installed; {INSTALL_HINT}"
+        return None
+
+    def check(self, config: TensorRTLLMConfig, hardware: Hardware,
+              max_sequence_tokens: int | None = None) -> str | None:
+        if (reason := self.unavailable()) is not None:
+            return reason
         gpus = config.tensor_parallel_size * config.pipeline_parallel_size
         if gpus > hardware.gpu_count:
             return (f"tensor_parallel_size {config.tensor_parallel_size} x pipeline_parallel_size "

@@ -146,6 +146,8 @@ class Tuner:
         self.cfg, self.run_dir = cfg, run_dir
         self.hardware = hardware or Hardware.detect()
         self.adapter = get_adapter(cfg.engine.kind)
+        if (reason := self.adapter.unavailable()) is not None:
+            raise ConfigError(f"engine.kind {cfg.engine.kind}: {reason}")
         direction, _, _ = parse_objective(cfg.search.objective)
         run_dir.path.mkdir(parents=True, exist_ok=True)
         # TPE reads each trial's SLO constraints (set_constraint) to prefer configs that meet them.

@@ -396,6 +396,19 @@ def test_cli_bench_without_tensorrt_llm_fails_with_the_install_message(tmp_path)
     assert "TensorRT-LLM is not installed" in " ".join((proc.stdout + proc.stderr).split())
 
 
+@needs_no_tensorrt_llm
+def test_cli_tune_without_tensorrt_llm_stops_before_any_trial(tmp_path):
+    path = experiment(tmp_path)
+    cfg = yaml.safe_load((path / TrialFiles.CONFIG).read_text())
+    cfg["search"] = {"space": "trtllm-default", "trials": 2, "objective": "maximize goodput_req_s"}
+    (path / TrialFiles.CONFIG).write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "harness", "tune", str(path / TrialFiles.CONFIG), "--run-dir",
+                           str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "engine.kind tensorrt_llm: TensorRT-LLM is not installed" in " ".join((proc.stdout + proc.stderr).split())
+    assert not (tmp_path / "run" / "trials").exists()
+
+
 @pytest.fixture
 def one_gpu(monkeypatch):
     monkeypatch.setattr(Hardware, "detect", classmethod(lambda cls: Hardware(1, ("Fake GPU",), (80 * 2**30,), (9, 0))))
