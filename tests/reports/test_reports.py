@@ -313,7 +313,9 @@ def test_warm_start_trials_are_marked(tmp_path):
     trials = [make_trial(tmp_path, n, {"max_batch_size": b}) for n, b in enumerate([64, 8])]
     trials[0].warm_start = "mock engine <heuristic>"
     html = render_study_report(make_summary(trials))
-    assert html.count('<span title="mock engine &lt;heuristic&gt;">⚑</span>') == 1
+    assert html.count('<span title="mock engine &lt;heuristic&gt;">⚑</span>') == 1 and "⚑ = a warm-start point" in html
+    trials[0].warm_start = None
+    assert "⚑" not in render_study_report(make_summary(trials))
 
 
 def test_figures_leave_matplotlib_global_state_alone(study):
