@@ -129,6 +129,10 @@ def _log_tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-500:]
 
 
+#: Consecutive sampled points rejected before launch after which the space is taken to hold nothing feasible.
+MAX_REJECTED_IN_A_ROW = 50
+
+
 class Tuner:
     """Drives one study for one experiment config in one run dir."""
 
@@ -206,9 +210,11 @@ class Tuner:
             self._mark_interrupted(optuna.Trial(self.study, t._trial_id))
 
     def finished(self) -> int:
-        """Trials that count toward the budget: complete, pruned, or failed for a reason other than interruption."""
+        """Trials that count toward the budget: those launched that completed, or failed for a reason other than
+        interruption. Points rejected before launch (rules, adapter checks) cost nothing and do not count."""
         done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-        return sum(1 for t in self.study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("interrupted"))
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=done)
+                   if not t.user_attrs.get("interrupted") and not t.user_attrs.get("rejected_before_launch"))
 
     def run(self, on_start: Callable[[int, dict], None] | None = None,
             on_end: Callable[[TrialOutcome], None] | None = None,
@@ -218,6 +224,7 @@ class Tuner:
         Callbacks: `on_start(number, params)`, `on_end(outcome)`, and `on_log(line)` with the running
         trial's latest log line."""
         self._recover_interrupted()
+        rejected_in_a_row = 0
         while self.finished() < self.cfg.search.trials:
             trial = self.study.ask()
             params = self.space.suggest(trial)
@@ -232,10 +239,15 @@ class Tuner:
             outcome.duration_s = time.monotonic() - t0
             if on_end:
                 on_end(outcome)
+            rejected_in_a_row = rejected_in_a_row + 1 if outcome.state == "infeasible" and outcome.reason and \
+                trial.user_attrs.get("rejected_before_launch") else 0
+            if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+                raise ConfigError(f"search.space: the last {rejected_in_a_row} points sampled were all infeasible on "
+                                  f"this machine (latest: {outcome.reason}); narrow the space or fix the engine config")
 
     def _evaluate(self, trial: optuna.Trial, params: dict, on_log: Callable[[str], None] | None) -> TrialOutcome:
         number = trial.number
-        reason = self.space.broken_rule(params, self.hardware.gpu_count)
+        reason = self.space.broken_rule(params, max(self.hardware.gpu_count, 1))
         if reason:
             reason = f"breaks search-space rule: {reason}"
         else:
@@ -246,6 +258,7 @@ class Tuner:
             reason = reason or self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens())
         if reason:
             trial.set_user_attr("reason", reason)
+            trial.set_user_attr("rejected_before_launch", True)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return TrialOutcome(number, "infeasible", params, reason=reason)
 

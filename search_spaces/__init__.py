@@ -13,7 +13,8 @@ A space file:
       - engine-heuristic         # the engine adapter's own sizing rule (trtllm-bench's for TensorRT-LLM)
       - {max_batch_size: 8}      # a known-good point; params left out are sampled
 
-Rules are arithmetic comparisons over param names, numbers and `gpus` (the GPU count);
+Rules are arithmetic comparisons over param names, numbers and `gpus` (the machine's GPU count, at
+least 1: a machine without GPUs still runs one-device configs, or drives a server that runs elsewhere);
 a sampled point breaking a rule is infeasible and never launched. Imports neither the harness
 nor any engine.
 """

@@ -112,6 +112,14 @@ def test_infeasible_points_are_pruned_before_launch(tmp_path):
                for t in pruned)
     assert not any(run_dir.trial_dir(t.number).exists() for t in pruned)
     assert all(t.state == "complete" for t in trials if t.params["max_batch_size"] == 8)
+    assert sum(t.state == "complete" for t in trials) == 4  # points rejected before launch spend no budget
+
+
+def test_a_space_with_nothing_feasible_stops_with_a_clear_error(tmp_path):
+    space = {"name": "s", "engine": "mock", "params": {"max_batch_size": {"type": "categorical", "choices": [8, 64]}},
+             "rules": ["max_batch_size > 100"]}
+    with pytest.raises(ConfigError, match=r"the last 50 points sampled were all infeasible .*max_batch_size > 100"):
+        Tuner(experiment(tmp_path, trials=2, space=space), RunDir(tmp_path / "run"), config_dir=tmp_path).run()
 
 
 def test_no_trial_meeting_the_slo_names_the_closest_miss(tmp_path):
