@@ -67,7 +67,8 @@ class SearchSpec(_Strict):
     trials: int = Field(12, ge=1)
     objective: str = "maximize goodput_req_s"
     trial_timeout_s: float = Field(900.0, gt=0, description="a trial running longer is killed and recorded as failed")
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="tpe (default), or the baselines random and grid (every point of the space once)")
     seed: int = 0
 
     @field_validator("objective")

@@ -129,6 +129,14 @@ def _log_tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-500:]
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler under ask/tell: its after_trial only calls Study.stop() once the grid is exhausted, which
+    works inside optimize() alone; the tuner stops by itself (`Tuner._grid_done`)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 #: Consecutive sampled points rejected before launch after which the space is taken to hold nothing feasible.
 MAX_REJECTED_IN_A_ROW = 50
 
@@ -154,10 +162,19 @@ class Tuner:
             raise ConfigError(f"engine.kind {cfg.engine.kind}: {reason}")
         direction, _, _ = parse_objective(cfg.search.objective)
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        # TPE reads each trial's SLO constraints (set_constraint) to prefer configs that meet them.
-        sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed,
-                                              n_startup_trials=min(5, max(cfg.search.trials // 3, 1)))
-                   if cfg.search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=cfg.search.seed))
+        self.grid_size = None
+        if cfg.search.sampler == "tpe":  # TPE reads each trial's SLO constraints (set_constraint) to prefer configs that meet them
+            sampler = optuna.samplers.TPESampler(seed=cfg.search.seed,
+                                                 n_startup_trials=min(5, max(cfg.search.trials // 3, 1)))
+        elif cfg.search.sampler == "random":
+            sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
+        else:
+            try:
+                grid = self.space.grid()
+            except ValueError as exc:
+                raise ConfigError(f"search.sampler grid: {exc}") from None
+            self.grid_size = math.prod(len(values) for values in grid.values())
+            sampler = _AskTellGridSampler(grid, seed=cfg.search.seed)
         self.study = optuna.create_study(study_name=cfg.name, storage=storage or run_dir.storage_url(),
                                          sampler=sampler, direction=direction, load_if_exists=True)
         self._check_same_experiment()
@@ -216,6 +233,14 @@ class Tuner:
         return sum(1 for t in self.study.get_trials(deepcopy=False, states=done)
                    if not t.user_attrs.get("interrupted") and not t.user_attrs.get("rejected_before_launch"))
 
+    def _grid_done(self) -> bool:
+        """A grid search has tried every point of the grid (launched or rejected before launch)."""
+        if self.grid_size is None:
+            return False
+        tried = {tuple(sorted(t.params.items())) for t in self.study.get_trials(deepcopy=False)
+                 if t.state.is_finished() and not t.user_attrs.get("interrupted")}
+        return len(tried) >= self.grid_size
+
     def run(self, on_start: Callable[[int, dict], None] | None = None,
             on_end: Callable[[TrialOutcome], None] | None = None,
             on_log: Callable[[str], None] | None = None) -> None:
@@ -225,7 +250,7 @@ class Tuner:
         trial's latest log line."""
         self._recover_interrupted()
         rejected_in_a_row = 0
-        while self.finished() < self.cfg.search.trials:
+        while self.finished() < self.cfg.search.trials and not self._grid_done():
             trial = self.study.ask()
             params = self.space.suggest(trial)
             if on_start:

@@ -61,6 +61,9 @@ class IntParam(_RangeParam):
     def suggest(self, trial, name):
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
+    def grid(self, name):
+        return list(range(self.low, self.high + 1, self.step))
+
     def nearest(self, value):
         on_grid = self.low + round((value - self.low) / self.step) * self.step
         return int(min(max(on_grid, self.low), self.high - (self.high - self.low) % self.step))
@@ -72,6 +75,12 @@ class FloatParam(_RangeParam):
 
     def suggest(self, trial, name):
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def grid(self, name):
+        if self.step is None:
+            raise ValueError(f"float param {name!r} needs a step for a grid search")
+        n = int(round((self.high - self.low) / self.step))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
 
     def nearest(self, value):
         if self.step is not None:
@@ -85,6 +94,9 @@ class CategoricalParam(_Param):
 
     def suggest(self, trial, name):
         return trial.suggest_categorical(name, self.choices)
+
+    def grid(self, name):
+        return list(self.choices)
 
     def nearest(self, value):
         """The choice equal to `value`, else (numbers) the closest numeric choice; None if there is none."""
@@ -166,6 +178,10 @@ class SearchSpace:
     def suggest(self, trial) -> dict[str, Any]:
         """Sample every param on an Optuna trial (ask interface); returns {name: value}."""
         return {name: p.suggest(trial, name) for name, p in self.params.items()}
+
+    def grid(self) -> dict[str, list]:
+        """Every value of every param, for a grid search; raises ValueError for a float param without a step."""
+        return {name: p.grid(name) for name, p in self.params.items()}
 
     def snap(self, point: dict[str, Any]) -> dict[str, Any]:
         """`point` moved onto the space: each known param to its nearest allowed value (clipped to the

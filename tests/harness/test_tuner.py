@@ -169,3 +169,22 @@ def test_warm_start_params_must_be_in_the_space(tmp_path):
              "warm_start": [{"max_batch_sz": 4}]}
     with pytest.raises(ConfigError, match="warm_start: unknown params max_batch_sz"):
         Tuner(experiment(tmp_path, space=space), RunDir(tmp_path / "run"), config_dir=tmp_path)
+
+
+def test_grid_sampler_tries_every_point_once_then_stops(tmp_path):
+    space = {"name": "g", "engine": "mock",
+             "params": {"max_batch_size": {"type": "categorical", "choices": [1, 4, 16]},
+                        "kv_cache_fraction": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.4}},
+             "rules": ["max_batch_size < 16"]}
+    run_dir = RunDir(tmp_path / "run")
+    Tuner(experiment(tmp_path, trials=50, space=space, sampler="grid", requests=12), run_dir, config_dir=tmp_path).run()
+    trials = load_study(run_dir).trials
+    assert sorted((t.params["max_batch_size"], t.params["kv_cache_fraction"]) for t in trials) == [
+        (1, 0.5), (1, 0.9), (4, 0.5), (4, 0.9), (16, 0.5), (16, 0.9)]
+    assert sum(t.state == "complete" for t in trials) == 4  # batch 16 breaks the rule: rejected, never launched
+
+
+def test_grid_needs_a_step_for_float_params(tmp_path):
+    space = {"name": "g", "engine": "mock", "params": {"kv_cache_fraction": {"type": "float", "low": 0.5, "high": 0.9}}}
+    with pytest.raises(ConfigError, match="grid: float param 'kv_cache_fraction' needs a step"):
+        Tuner(experiment(tmp_path, space=space, sampler="grid"), RunDir(tmp_path / "run"), config_dir=tmp_path)
