@@ -49,9 +49,9 @@ from engine_adapters.builtin_models import BUILTIN_PREFIX, HFTokenizer, cache_di
 from engine_adapters.trtllm_args import (
     TrtllmKnobs,
     checkpoint_quantization,
+    compute_capability_problem,
     llm_kwargs,
     llm_snippet,
-    required_sm,
     weight_bytes,
 )
 from engine_adapters.trtllm_sizing import bench_point
@@ -250,12 +250,8 @@ class TensorRTLLMAdapter(EngineAdapter):
         if gpus > hardware.gpu_count:
             return (f"tensor_parallel_size {config.tensor_parallel_size} x pipeline_parallel_size "
                     f"{config.pipeline_parallel_size} needs {gpus} CUDA GPUs; this machine has {hardware.gpu_count}")
-        sm, cc = required_sm(config.quantization, config.kv_cache_dtype), hardware.compute_capability
-        if sm and cc and cc < sm:
-            what = [] if config.quantization == "none" else [config.quantization]
-            if config.kv_cache_dtype == "fp8":
-                what.append("fp8 KV cache")
-            return f"{' + '.join(what)} needs compute capability >= {sm[0]}.{sm[1]}; this GPU has {cc[0]}.{cc[1]}"
+        if (problem := compute_capability_problem(config, hardware.compute_capability)) is not None:
+            return problem
         quantization = config.quantization
         if config.backend == "pytorch":
             stored = checkpoint_quantization(config.model)

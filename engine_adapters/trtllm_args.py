@@ -176,6 +176,18 @@ def required_sm(quantization: str, kv_cache_dtype: str) -> tuple[int, int] | Non
     return max(needs, default=None)
 
 
+def compute_capability_problem(knobs: TrtllmKnobs, capability: tuple[int, int] | None) -> str | None:
+    """Why a GPU of `capability` cannot run `knobs`' quantization / KV-cache dtype, or None (also when unknown)."""
+    sm = required_sm(knobs.quantization, knobs.kv_cache_dtype)
+    if not sm or not capability or capability >= sm:
+        return None
+    what = [] if knobs.quantization == "none" else [knobs.quantization]
+    if knobs.kv_cache_dtype == "fp8":
+        what.append("fp8 KV cache")
+    return (f"{' + '.join(what)} needs compute capability >= {sm[0]}.{sm[1]}; "
+            f"this GPU has {capability[0]}.{capability[1]}")
+
+
 def checkpoint_quantization(model: str) -> str | None:
     """How the local checkpoint `model` is quantized, as a `Quantization` value ("none" when it is not);
     None when that cannot be told (a hub id, an unknown scheme, a builtin model is "none")."""

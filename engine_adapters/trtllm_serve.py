@@ -32,7 +32,7 @@ import yaml
 
 from engine_adapters.base import Hardware
 from engine_adapters.server_launcher import LaunchOptions, ServerAdapter, check_size, model_path, render_command
-from engine_adapters.trtllm_args import TrtllmKnobs, llm_api_options, llm_snippet, required_sm
+from engine_adapters.trtllm_args import TrtllmKnobs, compute_capability_problem, llm_api_options, llm_snippet
 from engine_adapters.trtllm_sizing import bench_point
 
 #: The engine kinds whose recommended config deploys as trtllm-serve.
@@ -84,10 +84,8 @@ class TrtllmServeAdapter(ServerAdapter):
 
     def check(self, config: TrtllmServeConfig, hardware: Hardware,
               max_sequence_tokens: int | None = None) -> str | None:
-        sm, cc = required_sm(config.quantization, config.kv_cache_dtype), hardware.compute_capability
-        if sm and cc and cc < sm:
-            return (f"quantization {config.quantization} with a {config.kv_cache_dtype} KV cache needs compute "
-                    f"capability >= {sm[0]}.{sm[1]}; this GPU has {cc[0]}.{cc[1]}")
+        if (problem := compute_capability_problem(config, hardware.compute_capability)) is not None:
+            return problem
         return check_size(config.tensor_parallel_size * config.pipeline_parallel_size, config.max_seq_len,
                           hardware, max_sequence_tokens)
 
