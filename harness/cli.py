@@ -14,7 +14,7 @@ from rich.table import Table
 from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
 from harness.store import RunDir, TrialFiles, read_json, write_json, write_text_atomic, write_yaml
-from harness.tuner import TrialOutcome, Tuner, run_trial_process
+from harness.tuner import TrialOutcome, Tuner, ctrl_c_latch, run_trial_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Benchmark and autotune LLM inference engines.")
@@ -67,7 +67,7 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
             colour = "yellow" if o.state == "infeasible" else "red"
             progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
 
-    with progress:
+    with progress, ctrl_c_latch():
         task = progress.add_task("tuning", total=cfg.search.trials, completed=already, status="")
         try:
             tuner.run(on_start, on_end, on_log)

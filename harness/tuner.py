@@ -15,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,31 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _KILL_GRACE_S = 5.0
+_ctrl_c = threading.Event()
+
+
+@contextmanager
+def ctrl_c_latch():
+    """While open, Ctrl-C (SIGINT) both raises KeyboardInterrupt and latches a flag that the trial loop checks.
+
+    Python drops a KeyboardInterrupt raised inside an at-fork callback ("Exception ignored in
+    _releaseLock"), so a Ctrl-C landing while a trial process is being spawned would otherwise be lost."""
+    def on_sigint(signum, frame):
+        _ctrl_c.set()
+        raise KeyboardInterrupt
+
+    _ctrl_c.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _ctrl_c.clear()
+
+
+def _raise_if_ctrl_c() -> None:
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -89,6 +116,7 @@ def run_trial_process(trial_dir: Path, timeout_s: float,
         deadline = time.monotonic() + timeout_s
         try:
             while (code := proc.poll()) is None:
+                _raise_if_ctrl_c()
                 if time.monotonic() > deadline:
                     _kill_group(proc)
                     return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
@@ -251,6 +279,7 @@ class Tuner:
         self._recover_interrupted()
         rejected_in_a_row = 0
         while self.finished() < self.cfg.search.trials and not self._grid_done():
+            _raise_if_ctrl_c()
             trial = self.study.ask()
             params = self.space.suggest(trial)
             if on_start:

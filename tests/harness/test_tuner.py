@@ -1,4 +1,7 @@
 """The tuner on the mock engine: trial subprocesses, failures, infeasibility, resume, selection."""
+import os
+import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -9,7 +12,7 @@ from harness.config import parse_config
 from harness.errors import ConfigError
 from harness.store import RunDir, TrialFiles, read_json
 from harness.summary import load_study
-from harness.tuner import Tuner
+from harness.tuner import Tuner, ctrl_c_latch
 
 
 def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, timeout=60, requests=60, **search):
@@ -188,3 +191,26 @@ def test_grid_needs_a_step_for_float_params(tmp_path):
     space = {"name": "g", "engine": "mock", "params": {"kv_cache_fraction": {"type": "float", "low": 0.5, "high": 0.9}}}
     with pytest.raises(ConfigError, match="grid: float param 'kv_cache_fraction' needs a step"):
         Tuner(experiment(tmp_path, space=space, sampler="grid"), RunDir(tmp_path / "run"), config_dir=tmp_path)
+
+
+def test_a_ctrl_c_swallowed_by_python_still_stops_the_study(tmp_path):
+    """A SIGINT landing in an at-fork callback is dropped by Python ("Exception ignored"); the latch keeps it."""
+    cfg = experiment(tmp_path, trials=3)
+    run_dir = RunDir(tmp_path / "run")
+    tuner = Tuner(cfg, run_dir, config_dir=tmp_path)
+    started = []
+
+    def swallow_ctrl_c(number, params):
+        started.append(number)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here and its KeyboardInterrupt is swallowed below
+        except KeyboardInterrupt:
+            pass
+
+    with ctrl_c_latch(), pytest.raises(KeyboardInterrupt):
+        tuner.run(on_start=swallow_ctrl_c)
+    assert started == [0]
+    trials = load_study(run_dir).trials
+    assert trials[0].state == "interrupted" and not any(t.state == "complete" for t in trials)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
