@@ -16,10 +16,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,7 +53,8 @@ class Hardware:
 
     @classmethod
     def detect(cls) -> "Hardware":
-        """Probe GPUs through NVML; a machine without NVML reports zero GPUs."""
+        """Probe the GPUs this process may use (CUDA_VISIBLE_DEVICES, as telemetry reads it) through NVML; a
+        machine without NVML reports zero GPUs."""
         try:
             import pynvml
         except ImportError:
@@ -62,7 +64,8 @@ class Hardware:
         except pynvml.NVMLError:
             return cls()
         try:
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            visible = visible_gpu_indices(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), pynvml.nvmlDeviceGetCount())
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in ([] if isinstance(visible, str) else visible)]
             names = tuple(_text(pynvml.nvmlDeviceGetName(h)) for h in handles)
             mems = tuple(int(pynvml.nvmlDeviceGetMemoryInfo(h).total) for h in handles)
             cc = pynvml.nvmlDeviceGetCudaComputeCapability(handles[0]) if handles else None
@@ -74,6 +77,33 @@ class Hardware:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def visible_gpu_indices(nvml: Any, visible: str | None, count: int) -> list[int] | str:
+    """NVML indices of the GPUs that CUDA_VISIBLE_DEVICES = `visible` leaves to this process (all `count` when
+    unset), or why none can be watched. Integer entries are NVML's (PCI bus) numbering, which is CUDA's under
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (the tuner sets it for the trials it places); GPU-... entries are UUIDs. As in
+    CUDA, a negative entry hides itself and all after it."""
+    if visible is None:
+        return list(range(count))
+    if not visible.strip():
+        return "CUDA_VISIBLE_DEVICES is empty: no GPU is visible to this process"
+    indices = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.lstrip("-").isdigit():
+            if int(entry) < 0:
+                break
+            indices.append(int(entry))
+        elif entry.startswith("GPU-"):
+            try:
+                indices.append(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
+            except nvml.NVMLError as e:
+                return f"CUDA_VISIBLE_DEVICES names {entry}, which NVML cannot find ({_text(e) or type(e).__name__})"
+        elif entry.startswith("MIG-"):
+            return f"CUDA_VISIBLE_DEVICES names MIG device {entry}; MIG instances are not sampled"
+        else:
+            return f"CUDA_VISIBLE_DEVICES entry {entry!r} is neither a device index nor a GPU UUID"
+    return indices or f"CUDA_VISIBLE_DEVICES={visible!r} leaves no GPU to this process"
 
 
 class EngineConfig(BaseModel):

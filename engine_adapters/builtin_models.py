@@ -23,11 +23,18 @@ INSTALL_HINT = "pip install -e '.[transformers]'"
 #: Special tokens of the builtin byte-level tokenizer, in id order (ids 0..3); the 256 bytes follow.
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
-#: name -> (cache directory name; bump its version whenever the recipe changes, LlamaConfig kwargs)
+#: name -> (cache directory name; bump its version whenever the recipe changes, LlamaConfig kwargs).
+#: A recipe without `vocab_size` gets the byte tokenizer's; one with a larger vocabulary accepts ids that no
+#: text encodes to, which token-id workloads (all synthetic and trace ones) use. `dtype` is that of the saved weights.
 _BUILTINS: dict[str, tuple[str, dict]] = {
     "tiny-llama": ("tiny-llama-v1", dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                                          num_attention_heads=4, num_key_value_heads=2,
                                          max_position_embeddings=4096)),
+    # Llama-3.2-1B's shapes (1.24B parameters, tied embeddings, 128k vocabulary), random weights: for GPU runs.
+    "llama-1b": ("llama-1b-v1", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                     num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                                     max_position_embeddings=8192, vocab_size=128256, tie_word_embeddings=True,
+                                     rope_theta=500000.0, dtype="bfloat16")),
 }
 _SEED = 0
 
@@ -59,7 +66,7 @@ def model_config(model: str) -> dict:
     """
     if model.startswith(BUILTIN_PREFIX):
         _, arch = _builtin(model)
-        return dict(arch, vocab_size=len(SPECIAL_TOKENS) + 256)
+        return {"vocab_size": len(SPECIAL_TOKENS) + 256, **arch}
     return json.loads((_local_dir(model) / "config.json").read_text())
 
 
@@ -126,11 +133,16 @@ def _build_llama(dest: Path, arch: dict) -> None:
     """Save a seeded random-weight Llama with `arch` and the byte tokenizer into `dest`."""
     torch, transformers = require_torch_transformers()
     tokenizer = _byte_tokenizer()
-    config = transformers.LlamaConfig(**arch, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+    config = transformers.LlamaConfig(**{"vocab_size": len(tokenizer), **arch}, bos_token_id=tokenizer.bos_token_id,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
+    dtype = getattr(torch, arch.get("dtype", "float32"))
+    # Initialised on a GPU where there is one (a 1B model takes 80 s on 16 CPU cores): seeded either way, but the
+    # random values differ between the two, which changes nothing a benchmark measures (EOS is disabled).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):  # seeded, the caller's RNG untouched
         torch.manual_seed(_SEED)
-        model = transformers.LlamaForCausalLM(config)
+        with torch.device(device):
+            model = transformers.LlamaForCausalLM._from_config(config, dtype=dtype)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 

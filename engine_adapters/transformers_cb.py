@@ -7,7 +7,9 @@ so the KV pool takes `kv_cache_fraction * cpu_kv_budget_mib`.
 
 Generation is greedy with EOS disabled, so every request produces exactly `max_output_tokens`
 tokens. Token times are the engine's own per-token timestamps (taken in its generation thread with
-`time.perf_counter`, the clock of `time.perf_counter_ns`), not the time the event loop saw them.
+`time.perf_counter`, the clock of `time.perf_counter_ns`), not the time the event loop saw them; so
+by default a request's tokens are handed over once, when it finishes (`stream_outputs` hands them
+over as they are made, for callers that want to watch them arrive).
 
 torch and transformers are imported only in `start` and `fingerprint`.
 """
@@ -37,9 +39,11 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 class TransformersConfig(EngineConfig):
     model: str = Field("builtin:tiny-llama", description="builtin:NAME or a local Hugging Face model directory")
-    max_batch_size: int = Field(8, ge=1, description="-> max_requests_per_batch")
-    max_num_tokens: int = Field(512, ge=16, description="-> max_batch_tokens (query tokens per step)")
-    kv_cache_fraction: float = Field(0.5, gt=0, le=1, description="CUDA: max_memory_percent; CPU: share of cpu_kv_budget_mib")
+    # None (null in YAML) leaves a knob to transformers' own default: how to measure "the engine's defaults".
+    max_batch_size: int | None = Field(8, ge=1, description="-> max_requests_per_batch")
+    max_num_tokens: int | None = Field(512, ge=16, description="-> max_batch_tokens (query tokens per step)")
+    kv_cache_fraction: float | None = Field(0.5, gt=0, le=1, description="CUDA: max_memory_percent; CPU: share of "
+                                            "cpu_kv_budget_mib (None on CPU: all of it)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     page_size: int = Field(32, ge=4, description="tokens per KV page")
@@ -47,6 +51,13 @@ class TransformersConfig(EngineConfig):
     attn_implementation: str | None = Field(None, description="passed to from_pretrained; None: transformers' default")
     prefix_caching: bool = Field(True, description="-> allow_block_sharing: reuse the KV blocks of a prompt prefix "
                                  "already cached (only allowed: models that cannot share blocks ignore it)")
+    cuda_graph: bool | None = Field(None, description="-> use_cuda_graph (None: transformers decides)")
+    max_blocks_per_request: int | None = Field(None, ge=0, description="-> max_blocks_per_request: the decode fast "
+                                               "path's block-table width (0 turns it off; None: transformers' default, "
+                                               "which generate_batch instead sizes to its batch's longest sequence)")
+    stream_outputs: bool = Field(False, description="hand each token over as it is made (streaming=True) instead of "
+                                 "once per request; token times are the engine's stamps either way, but streaming "
+                                 "costs the generation thread GIL time for every token (benchmarks/gpu/overhead.py)")
     seed: int = 0
 
 
@@ -61,7 +72,11 @@ def kv_block_bytes(config: TransformersConfig, arch: dict) -> int:
 
 def cpu_num_blocks(config: TransformersConfig, arch: dict) -> int:
     """KV blocks on CPU: as many as fit in `kv_cache_fraction * cpu_kv_budget_mib`."""
-    return int(config.kv_cache_fraction * config.cpu_kv_budget_mib * 2**20) // kv_block_bytes(config, arch)
+    return int(_cpu_kv_mib(config) * 2**20) // kv_block_bytes(config, arch)
+
+
+def _cpu_kv_mib(config: TransformersConfig) -> float:
+    return (1.0 if config.kv_cache_fraction is None else config.kv_cache_fraction) * config.cpu_kv_budget_mib
 
 
 def _device(config: TransformersConfig, has_gpu: bool) -> Literal["cpu", "cuda"]:
@@ -76,7 +91,7 @@ class TransformersEngine(Engine):
     """
 
     def __init__(self, model: Any, manager: Any, tokenizer: Any, kv_capacity_tokens: int, log_lines: list[str],
-                 model_name: str):
+                 model_name: str, streaming: bool):
         text_config = model.config.get_text_config()
         self.token_space = TokenSpace(vocab_size=text_config.vocab_size,
                                       reserved_ids=frozenset(tokenizer.all_special_ids),
@@ -85,6 +100,7 @@ class TransformersEngine(Engine):
         self._model, self._manager, self._tokenizer = model, manager, tokenizer
         self._log_lines = log_lines
         self._ids = itertools.count()
+        self._streaming = streaming
 
     async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
         rid = f"{request.id}#{next(self._ids)}"
@@ -101,7 +117,7 @@ class TransformersEngine(Engine):
         # must be registered (on this loop) before the request can produce anything.
         self._manager.register_result_handler(rid, outputs.put_nowait)
         if self._manager.add_request(input_ids, request_id=rid, max_new_tokens=request.max_output_tokens,
-                                     streaming=True, record_timestamps=True) is None:
+                                     streaming=self._streaming, record_timestamps=True) is None:
             yield StreamEvent(time.perf_counter_ns(), error="transformers: the engine refused the request "
                                                             "(its generation loop is stopping or has failed)")
             return
@@ -182,6 +198,11 @@ def _launch(config: TransformersConfig) -> TransformersEngine:
         cb_kwargs["num_blocks"] = cpu_num_blocks(config, model.config.get_text_config().to_dict())
     else:
         cb_kwargs["max_memory_percent"] = config.kv_cache_fraction
+    if "use_cuda_graph" in cb_fields:
+        cb_kwargs["use_cuda_graph"] = config.cuda_graph
+    if "max_blocks_per_request" in cb_fields:
+        cb_kwargs["max_blocks_per_request"] = config.max_blocks_per_request
+    cb_kwargs = {k: v for k, v in cb_kwargs.items() if v is not None}
     manager = model.init_continuous_batching(
         generation_config=transformers.GenerationConfig(do_sample=False, eos_token_id=-1),
         continuous_batching_config=transformers.ContinuousBatchingConfig(**cb_kwargs),
@@ -197,10 +218,11 @@ def _launch(config: TransformersConfig) -> TransformersEngine:
         f"(KV capacity {capacity} tokens), max_batch_tokens={cb.max_batch_tokens}, "
         f"max_requests_per_batch={cb.max_requests_per_batch}, max_memory_percent={cb.max_memory_percent}",
         f"continuous batching: cuda_graph={cb.use_cuda_graph}, async_batching={cb.use_async_batching}, "
-        f"scheduler={cb.scheduler_type}, block_sharing={cb.allow_block_sharing}",
+        f"scheduler={cb.scheduler_type}, block_sharing={cb.allow_block_sharing}, "
+        f"max_blocks_per_request={getattr(cb, 'max_blocks_per_request', None)}",
     ]
     manager.start()
-    return TransformersEngine(model, manager, tokenizer, capacity, log_lines, config.model)
+    return TransformersEngine(model, manager, tokenizer, capacity, log_lines, config.model, config.stream_outputs)
 
 
 class TransformersAdapter(EngineAdapter):
@@ -224,7 +246,7 @@ class TransformersAdapter(EngineAdapter):
         if device == "cpu":  # on CUDA the capacity follows free memory after loading: known only once started
             capacity = cpu_num_blocks(config, arch) * config.page_size
             if capacity < (max_sequence_tokens or 1):
-                return (f"KV cache of {config.kv_cache_fraction * config.cpu_kv_budget_mib:.2f} MiB holds "
+                return (f"KV cache of {_cpu_kv_mib(config):.2f} MiB holds "
                         f"{capacity} tokens, fewer than the longest sequence of the workload "
                         f"({max_sequence_tokens or 1} tokens)")
         return None

@@ -14,7 +14,7 @@ from rich.table import Table
 from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
 from harness.store import RunDir, TrialFiles, read_json, write_json, write_text_atomic, write_yaml
-from harness.tuner import TrialOutcome, Tuner, ctrl_c_latch, run_trial_process
+from harness.tuner import GRACE_HEARTBEATS, HEARTBEAT_S, TrialOutcome, Tuner, ctrl_c_latch, run_trial_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Benchmark and autotune LLM inference engines.")
@@ -34,18 +34,33 @@ def _default_run_dir(cfg: ExperimentConfig) -> Path:
 @app.command()
 def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
          run_dir: Optional[Path] = typer.Option(None, help="where the study lives (default runs/<name>)"),
-         storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the run dir)"),
-         trials: Optional[int] = typer.Option(None, help="override search.trials")) -> None:
-    """Search engine configs for the best objective under the SLOs; re-running resumes the study."""
+         storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the run dir); "
+                                               "postgresql://USER@HOST/DB lets workers on many machines share "
+                                               "the study"),
+         study: Optional[str] = typer.Option(None, help="study name in the storage (default: the config's name)"),
+         gpus: Optional[str] = typer.Option(None, help="run trials side by side on these GPU ids, e.g. 0,1,2,3: each "
+                                            "trial gets tp x pp free ones as CUDA_VISIBLE_DEVICES"),
+         heartbeat_s: int = typer.Option(HEARTBEAT_S, min=1, help="seconds between heartbeats on a server database; a "
+                                         f"trial silent for {GRACE_HEARTBEATS}x this is taken as lost and re-run"),
+         trials: Optional[int] = typer.Option(None, help="override search.trials (the whole study's budget)")) -> None:
+    """Search engine configs for the best objective under the SLOs; re-running resumes the study, and any
+    number of workers sharing --storage (PostgreSQL) run one study together."""
     cfg = load_config(config)
     if trials is not None and cfg.search is not None:
         cfg.search.trials = trials
     rdir = RunDir(run_dir or _default_run_dir(cfg))
-    tuner = Tuner(cfg, rdir, config_dir=config.parent, storage=storage)
+    tuner = Tuner(cfg, rdir, config_dir=config.parent, storage=storage, study=study,
+                  gpus=gpus.split(",") if gpus is not None else None, heartbeat_s=heartbeat_s)
+    storage = storage and tuner.storage_url
     already = tuner.finished()
     console.print(f"[bold]harness tune[/] {cfg.name}: engine [cyan]{cfg.engine.kind}[/] model "
-                  f"[cyan]{cfg.engine.model or '-'}[/], space {tuner.space.name}, objective {cfg.search.objective}, "
+                  f"[cyan]{cfg.engine.model or '-'}[/], space {tuner.space.name}, objective "
+                  f"{'; '.join(o.expression for o in cfg.search.objectives)}, "
                   f"{cfg.search.trials} trials -> {rdir.path}")
+    if storage:
+        console.print(f"study {tuner.study.study_name!r} in {tuner.storage_label}, shared with any other worker on it")
+    if tuner.gpus:
+        console.print(f"trials run side by side on GPUs {','.join(tuner.gpus)}")
     if already:
         console.print(f"resuming: {already} trial(s) already finished")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -61,8 +76,9 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
     def on_end(o: TrialOutcome) -> None:
         progress.update(task, completed=tuner.finished())
         if o.state == "complete":
-            progress.console.print(f"  trial {o.number} [green]complete[/] {cfg.search.objective.split()[1]}="
-                                   f"{_fmt(o.value)} ({o.duration_s:.0f} s) {_params(o.params)}")
+            values = " ".join(f"{obj.label}={_fmt(v)}" for obj, v in zip(cfg.search.objectives, o.values))
+            progress.console.print(f"  trial {o.number} [green]complete[/] {values} ({o.duration_s:.0f} s) "
+                                   f"{_params(o.params)}")
         else:
             colour = "yellow" if o.state == "infeasible" else "red"
             progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
@@ -173,6 +189,128 @@ def _write_run_report(out_dir: Path, result: dict) -> None:
 
 
 @app.command()
+def plan(config: Path = typer.Argument(..., help="experiment config YAML with an open-loop arrival rate"),
+         out: Optional[Path] = typer.Option(None, help="plan directory (default runs/<name>/plan)"),
+         rates: Optional[str] = typer.Option(None, help="sweep exactly these rates, req/s, e.g. 1,2,4,8 "
+                                             "(default: automatic search for the knee)"),
+         start_rate: Optional[float] = typer.Option(None, help="automatic search: first rate (default: the config's)"),
+         growth: float = typer.Option(2.0, help="automatic search: rate multiplier until the first miss"),
+         precision: float = typer.Option(0.05, help="automatic search: bisect until the gap between the highest "
+                                         "pass and the lowest miss is at most this fraction of the pass"),
+         max_points: int = typer.Option(20, help="automatic search: most sweep points"),
+         saturation_ratio: float = typer.Option(0.9, help="a point achieving less than this fraction of the "
+                                                "offered rate is saturated (counts as a miss)"),
+         target_rate: Optional[float] = typer.Option(None, help="target load to size for (req/s)"),
+         target_tok_s: Optional[float] = typer.Option(None, help="target load to size for (output tokens/s)"),
+         headroom: float = typer.Option(0.2, help="run each replica at most at (1 - headroom) x its max rate"),
+         gpu_hour_cost: Optional[float] = typer.Option(None, help="price of one GPU-hour (for cost estimates)"),
+         gpus_per_replica: Optional[int] = typer.Option(None, help="GPUs per replica (default: tp x pp of the engine)"),
+         timeout_s: float = typer.Option(1800.0, help="kill one point's run after this many seconds")) -> None:
+    """Find the highest request rate one replica serves within the SLOs (rate sweep + confirmation run),
+    then size replicas, GPUs and cost for a target load; writes plan.json and capacity.html. Exits 1 when no
+    rate met the SLOs or the confirmation run missed them (NOT validated)."""
+    import shlex
+
+    from harness.plan import Planner, SweepSettings, Target, build_plan, write_plan
+    from reports import render_capacity_report
+
+    cfg = load_config(config)
+    settings = SweepSettings(rates=_parse_rates(rates), start_rate=start_rate, growth=growth, precision=precision,
+                             max_points=max_points, saturation_ratio=saturation_ratio)
+    target = Target(req_s=target_rate, output_tok_s=target_tok_s, headroom=headroom, gpu_hour_cost=gpu_hour_cost,
+                    gpus_per_replica=gpus_per_replica)
+    target.check()
+    plan_dir = out or _default_run_dir(cfg) / "plan"
+    options = {"--out": out, "--rates": rates, "--start-rate": start_rate, "--growth": growth,
+               "--precision": precision, "--max-points": max_points, "--saturation-ratio": saturation_ratio,
+               "--target-rate": target_rate, "--target-tok-s": target_tok_s, "--headroom": headroom,
+               "--gpu-hour-cost": gpu_hour_cost, "--gpus-per-replica": gpus_per_replica, "--timeout-s": timeout_s}
+    if rates is not None:  # the automatic search's settings do not apply
+        for key in ("--start-rate", "--growth", "--precision", "--max-points"):
+            options.pop(key)
+    args = ["harness", "plan", str(config)]
+    for option, value in options.items():
+        if value is not None:
+            args += [option, str(value)]
+    with console.status(f"planning {cfg.name}") as status:
+        def on_start(rate: float, role: str) -> None:
+            status.update(f"{'confirming' if role == 'confirm' else 'measuring'} {rate:g} req/s")
+
+        def on_point(p: dict, reused: bool) -> None:
+            verdict = "[green]pass[/]" if p["passed"] else "[red]failed[/]" if p["state"] == "failed" else "[red]miss[/]"
+            why = f": {escape('; '.join(p['why'] + p['notes']))}" if p["why"] or p["notes"] else ""
+            label = "confirmation" if p["role"] == "confirm" else "point"
+            console.print(f"  {label} {p['rate']:g} req/s {verdict}{why}{' (reused)' if reused else ''}",
+                          highlight=False)
+
+        planner = Planner(cfg, plan_dir, settings, timeout_s, on_start, on_point,
+                          lambda line: status.update(escape(line.split("] ", 1)[-1][:80])))
+        console.print(f"[bold]harness plan[/] {cfg.name}: engine [cyan]{cfg.engine.kind}[/], sweeping "
+                      f"{planner.field} -> {plan_dir}")
+        try:
+            with ctrl_c_latch():
+                knee = planner.sweep()
+                confirmation = planner.confirm(knee["rate"]) if knee["rate"] is not None else None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: completed points are saved; run the same command to resume")
+            raise typer.Exit(130)
+    result = build_plan(cfg, planner, knee, confirmation, target, shlex.join(args))
+    path = write_plan(plan_dir, result)
+    write_text_atomic(plan_dir / "capacity.html", render_capacity_report(result))
+    _print_plan(result)
+    console.print(f"plan: {path}\nreport: {plan_dir / 'capacity.html'}")
+    if knee["rate"] is None or not result["validation"]["validated"]:
+        raise typer.Exit(1)
+
+
+def _parse_rates(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--rates: expected comma-separated numbers (req/s) like 1,2,4,8, got {text!r}") from None
+
+
+def _print_plan(plan: dict) -> None:
+    table = Table(title=f"{plan['name']}: rate sweep ({plan['rate_field']})")
+    metrics = list(dict.fromkeys(m for p in plan["points"] if p["state"] == "complete" for m in p["latency"]))
+    for col in ("offered req/s", "run", "requests", "achieved req/s", *(f"{m} p50/p95/p99" for m in metrics),
+                "out tok/s", "verdict"):
+        table.add_column(col, justify="left" if col in ("run", "verdict") else "right")
+    for p in sorted(plan["points"], key=lambda p: (p["role"] != "sweep", p["rate"])):
+        if p["state"] != "complete":
+            table.add_row(f"{p['rate']:g}", p["dir"], *["-"] * (3 + len(metrics)), "[red]failed[/]")
+            continue
+        table.add_row(f"{p['rate']:g}", p["dir"], str(p["counts"]["measured"]), _fmt(p["achieved_req_s"]),
+                      *("/".join(_fmt(p["latency"][m][s]) for s in ("p50", "p95", "p99")) if m in p["latency"] else "-"
+                        for m in metrics),
+                      _fmt(p["output_throughput_tok_s"], 4), "[green]pass[/]" if p["passed"] else "[red]miss[/]")
+    console.print(table)
+    knee, validation, sizing = plan["max_rate"], plan["validation"], plan["sizing"]
+    if knee["rate"] is None:
+        console.print("[red]no rate met the SLOs[/]: nothing to size")
+    else:
+        where = (f"knee in [{knee['rate']:g}, {knee['first_miss']:g}) req/s" if knee["first_miss"] is not None
+                 else "every rate passed: a lower bound")
+        console.print(f"[bold]max rate at SLO: {knee['rate']:g} req/s per replica[/] ({where})")
+        colour = "green" if validation["validated"] else "red"
+        reason = f": {escape(validation['reason'])}" if validation["reason"] else ""
+        console.print(f"confirmation at {validation['rate']:g} req/s (seed {validation['seed']}): "
+                      f"[{colour}]{validation['verdict']}[/]{reason}", highlight=False)
+    if sizing:
+        cost = (f", ${sizing['cost_per_hour']:,.2f}/hour, ${_fmt(sizing['cost_per_million_output_tokens'])} per "
+                f"million output tokens" if sizing["cost_per_hour"] is not None else "")
+        console.print(f"sizing for {_fmt(sizing['target_req_s'])} req/s with {sizing['headroom']:.0%} headroom: "
+                      f"[bold]{sizing['replicas']} replicas x {sizing['gpus_per_replica']} GPU = "
+                      f"{sizing['gpus']} GPUs[/]"
+                      f"{cost} (each replica at {_fmt(sizing['operating_rate_req_s'])} req/s, "
+                      f"{sizing['operating_utilization']:.0%} of its max)", highlight=False)
+    if plan["simulated"]:
+        console.print("[yellow]SIMULATED engine: numbers describe a service model, not hardware[/]")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory written by tune or bench"),
            storage: Optional[str] = typer.Option(None, help="Optuna storage URL if not the run dir's SQLite")) -> None:
     """(Re)write report.html (and recommended.yaml for a study) from a run directory."""
@@ -257,6 +395,70 @@ def _result_dir(run_dir: Path) -> Path:
         raise ConfigError(f"{run_dir}: no trial met the SLOs, so there is no recommended trial to export; "
                           "pass a trial directory (runs/<name>/trials/<n>)")
     return summary.best.dir
+
+
+@app.command()
+def compare(baseline: Path = typer.Argument(..., help="baseline: a bench or trial directory, or a study run dir "
+                                            "(its recommended trial)"),
+            current: Path = typer.Argument(..., help="the run to check, as BASELINE"),
+            thresholds: Optional[Path] = typer.Option(None, help="YAML: alpha, gate {metric[.stat]: threshold}, "
+                                                      "show {...} (default: see README)"),
+            junit: Optional[Path] = typer.Option(None, help="write JUnit XML here (one test case per metric)"),
+            html: Optional[Path] = typer.Option(None, help="write the HTML diff report here"),
+            allow_fingerprint_mismatch: bool = typer.Option(
+                False, help="compare runs measured on a different GPU, driver, engine version or model (warns)")) -> None:
+    """Per metric: change from BASELINE to CURRENT, 95% CI, significance and verdict. Exit 1 when a gated
+    metric regressed significantly and beyond its threshold; 2 on bad input, differing fingerprints or when no
+    gated metric could be tested."""
+    from harness import compare as cmp
+    from reports.compare import change_text, junit_xml, render_compare_report
+    from reports.html import format_value
+
+    limits = cmp.load_thresholds(thresholds)
+    runs = []
+    for path in (baseline, current):
+        if not path.is_dir():
+            raise ConfigError(f"{path}: not a directory (pass a bench or trial directory, or a study run dir)")
+        runs.append(cmp.load_run(_result_dir(path)))
+    mismatch = [d for d in cmp.fingerprint_differences(*runs) if d.identity]
+    if mismatch and not allow_fingerprint_mismatch:
+        raise ConfigError("the runs were measured on different setups, so their numbers are not comparable:\n" +
+                          "\n".join(f"  {d.identity}: {d.key} {d.baseline!r} -> {d.current!r}" for d in mismatch) +
+                          "\npass --allow-fingerprint-mismatch to compare them anyway")
+    result = cmp.compare(*runs, limits)
+    colours = {"regressed": "red", "improved": "green", "unchanged": "default", "inconclusive": "yellow"}
+    table = Table(title=f"{escape(runs[0].label)} -> {escape(runs[1].label)}")
+    for col in ("metric", "baseline", "current", "change", "95% CI", "p (Holm)", "threshold", "verdict"):
+        table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+    for m in result.metrics:
+        table.add_row(m.key + (" (steady)" if m.steady_state else "") + ("" if m.gated else " (shown)"),
+                      format_value(m.baseline, m.unit),
+                      format_value(m.current, m.unit), change_text(m, m.change),
+                      f"[{change_text(m, m.ci[0])}, {change_text(m, m.ci[1])}]" if m.change is not None else "",
+                      _fmt(m.p_adjusted, 2), change_text(m, m.threshold, signed=False),
+                      f"[{colours[m.verdict]}]{m.verdict}[/]")
+    console.print(table)
+    untested: dict[str, list[str]] = {}
+    for m in result.metrics:
+        if m.change is None:
+            untested.setdefault(m.reason, []).append(m.key)
+    for reason, keys in untested.items():
+        console.print(f"[yellow]not tested[/] ({', '.join(keys)}): {escape(reason)}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if junit:
+        write_text_atomic(junit, junit_xml(result))
+        console.print(f"junit: {junit}")
+    if html:
+        write_text_atomic(html, render_compare_report(result))
+        console.print(f"report: {html}")
+    if result.regressed:
+        console.print("[red]REGRESSION[/]: " + ", ".join(f"{m.key} {change_text(m, m.change)}" for m in result.regressed))
+        raise typer.Exit(1)
+    gated = [m for m in result.metrics if m.gated]
+    if gated and all(m.change is None for m in gated):  # a gate that tested nothing must not pass
+        raise ConfigError("no gated metric could be tested: " + "; ".join(dict.fromkeys(m.reason for m in gated)))
+    console.print(f"no gated metric regressed significantly beyond its threshold (family-wise alpha {result.alpha:g})")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine_adapters import EngineConfig, adapter_kinds, get_adapter
 from harness.errors import ConfigError
-from harness.metrics import METRICS, STATISTICS, SloLimit
+from harness.metrics import METRICS, OBJECTIVE_METRICS, STATISTICS, SloLimit
 from workloads import CATALOG_DIR, WorkloadConfig, catalog_names
 
 
@@ -65,31 +66,93 @@ class RunnerSpec(_Strict):
 class SearchSpec(_Strict):
     space: str = Field(description="bundled space name or path to a space YAML")
     trials: int = Field(12, ge=1)
-    objective: str = "maximize goodput_req_s"
+    objective: str | list[str] = Field(
+        "maximize goodput_req_s", description="'maximize METRIC' / 'minimize METRIC.STAT', or a list of them "
+        "(2+: multi-objective, the result is a Pareto front; the first is the primary objective)")
     trial_timeout_s: float = Field(900.0, gt=0, description="a trial running longer is killed and recorded as failed")
-    sampler: Literal["tpe", "random", "grid"] = Field(
-        "tpe", description="tpe (default), or the baselines random and grid (every point of the space once)")
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = Field(
+        "tpe", description="tpe (default, single or multi-objective), nsga2 (multi-objective genetic), or the "
+                           "baselines random and grid (every point of the space once)")
+    gpu_hour_cost: float | None = Field(
+        None, gt=0, description="price of one GPU-hour in dollars, for the objective output_tok_per_dollar")
     seed: int = 0
 
     @field_validator("objective")
     @classmethod
-    def _objective(cls, v: str) -> str:
-        parse_objective(v)
+    def _objective(cls, v: str | list[str]) -> str | list[str]:
+        texts = [v] if isinstance(v, str) else v
+        if not texts:
+            raise ValueError("name at least one objective")
+        for i, text in enumerate(texts):
+            try:
+                parse_objective(text)
+            except ValueError as exc:
+                raise ValueError(str(exc) if isinstance(v, str) else f"[{i}]: {exc}") from None
+        targets = [text.split()[1] for text in texts]
+        if len(set(targets)) < len(targets):
+            raise ValueError(f"an objective is listed twice: {texts}")
         return v
+
+    @model_validator(mode="after")
+    def _cost_is_priced(self):
+        if self.gpu_hour_cost is None and any(o.metric == "output_tok_per_dollar" for o in self.objectives):
+            raise ValueError("objective output_tok_per_dollar needs search.gpu_hour_cost (dollars per GPU-hour)")
+        return self
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The objectives in the order given; the first is the primary one."""
+        return parse_objectives(self.objective)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: 'maximize goodput_req_s' -> direction, metric and statistic (None for scalars)."""
+
+    expression: str
+    direction: str  # maximize | minimize
+    metric: str
+    statistic: str | None
+
+    @classmethod
+    def parse(cls, expression: str) -> Objective:
+        return cls(expression, *parse_objective(expression))
+
+    @property
+    def sign(self) -> int:
+        """+1 to maximize, -1 to minimize: sign * value is larger when better."""
+        return 1 if self.direction == "maximize" else -1
+
+    @property
+    def label(self) -> str:
+        """'goodput_req_s' or 'ttft_ms p95'."""
+        return f"{self.metric} {self.statistic}" if self.statistic else self.metric
+
+    @property
+    def unit(self) -> str:
+        return OBJECTIVE_METRICS[self.metric].unit
+
+
+def parse_objectives(objective: str | list[str]) -> list[Objective]:
+    """`search.objective` as stored in a config (one expression or a list) -> its objectives, primary first."""
+    return [Objective.parse(text) for text in ([objective] if isinstance(objective, str) else objective)]
 
 
 def parse_objective(text: str) -> tuple[str, str, str | None]:
-    """'maximize goodput_req_s' or 'minimize ttft_ms.p95' -> (direction, metric, statistic or None)."""
+    """'maximize goodput_req_s' or 'minimize ttft_ms.p95' -> (direction, metric, statistic or None).
+
+    The metric is a run metric (harness.metrics.METRICS) or a cost metric (COST_METRICS)."""
     parts = text.split()
     if len(parts) != 2 or parts[0] not in ("maximize", "minimize"):
         raise ValueError(f"objective must be 'maximize METRIC' or 'minimize METRIC[.STAT]', got {text!r}")
     direction, target = parts
     metric, _, stat = target.partition(".")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    if METRICS[metric].kind == "distribution":
+    if metric not in OBJECTIVE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+    if OBJECTIVE_METRICS[metric].kind == "distribution":
         if stat not in STATISTICS:
-            raise ValueError(f"{metric} is a distribution: name a statistic, e.g. {metric}.p95 ({', '.join(STATISTICS)})")
+            raise ValueError(f"{metric} is a distribution: name a statistic, e.g. {metric}.p95 "
+                             f"({', '.join(STATISTICS)})")
     elif stat:
         raise ValueError(f"{metric} is a single number; drop '.{stat}'")
     return direction, metric, stat or None

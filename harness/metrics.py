@@ -53,6 +53,34 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 
 STATISTICS = ("mean", "min", "max") + tuple(f"p{p}" for p in PERCENTILES)
 
+#: Cost objectives: output throughput per GPU-hour and per dollar. Not stored in a result: `cost_factor` turns a
+#: result's output throughput into them, from its engine config's GPUs and the configured GPU-hour price.
+COST_METRICS: dict[str, Metric] = {m.name: m for m in [
+    Metric("output_tok_per_gpu_hour", "tok/GPU-h", True, "scalar",
+           "output_throughput_tok_s x 3600 / GPUs of the config (tp x pp; 1 when it names no parallelism, e.g. CPU)"),
+    Metric("output_tok_per_dollar", "tok/$", True, "scalar", "output_tok_per_gpu_hour / search.gpu_hour_cost"),
+]}
+#: Everything an objective may name.
+OBJECTIVE_METRICS: dict[str, Metric] = {**METRICS, **COST_METRICS}
+
+
+def gpus_per_replica(engine_config: dict) -> int:
+    """GPUs one engine of this resolved config uses: tp x pp (`tp`/`pp` or `tensor_/pipeline_parallel_size`),
+    counted as 1 when the config names no parallelism (CPU engines, the simulated engine, a remote server)."""
+    tp = engine_config.get("tp", engine_config.get("tensor_parallel_size")) or 1
+    pp = engine_config.get("pp", engine_config.get("pipeline_parallel_size")) or 1
+    return int(tp) * int(pp)
+
+
+def cost_factor(metric: str, engine_config: dict, gpu_hour_cost: float | None) -> float:
+    """Cost metric `metric` = output_throughput_tok_s x this factor (tokens/s -> tokens per GPU-hour or per $)."""
+    per_gpu_hour = 3600.0 / gpus_per_replica(engine_config)
+    if metric == "output_tok_per_gpu_hour":
+        return per_gpu_hour
+    if gpu_hour_cost is None:
+        raise ValueError(f"{metric} needs a GPU-hour price (search.gpu_hour_cost)")
+    return per_gpu_hour / gpu_hour_cost
+
 
 def _ms(delta_ns: float) -> float:
     return delta_ns / _NS_PER_MS

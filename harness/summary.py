@@ -1,24 +1,36 @@
 """A finished (or partial) study read back for reports: trials, their results, and the chosen one.
 
-Choosing: among completed trials that pass every SLO (and the error-rate limit), those whose
-objective is within `TIE_TOLERANCE` of the best value are treated as tied (measurement noise is
-larger than that), and of those the one with the most SLO headroom (largest smallest margin) wins,
-then the lower trial number. When none passes, nothing is recommended and the closest miss
-(smallest total relative SLO excess) is named instead.
+Choosing (`choose`): only completed trials that pass every SLO (and the error-rate limit) are
+candidates; with several objectives, only those on their Pareto front (no other passing trial is at
+least as good on every objective and better on one). Then, objective by objective in the order the
+config lists them, the candidates within `TIE_TOLERANCE` of the best value stay (measurement noise is
+larger than that; one objective: those tied with the best); when more than one is left after the last
+objective, the one with the most SLO headroom (largest smallest margin) wins, then the lower trial
+number. So the primary (first) objective decides unless it is a tie within noise. When no trial
+passes, nothing is recommended and the closest miss (smallest total relative SLO excess) is named.
+
+The runner-up is the best other passing trial on the primary objective, and `runner_up_confidence`
+says how sure it is that the chosen trial beats it there (a bootstrap over the runs' requests).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import optuna
 
-from harness.config import parse_objective
+from harness.config import Objective, parse_objectives
 from harness.errors import ConfigError
+from harness.metrics import COST_METRICS, METRICS, SloLimit, cost_factor, request_meets_slo, request_values
+from harness.records import RequestRecord, read_records
 from harness.store import RunDir, TrialFiles, read_json
 from harness.tuner import constraint_violations
 
 TIE_TOLERANCE = 0.01
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 _STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "infeasible",
            optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -30,12 +42,17 @@ class TrialRow:
     number: int
     state: str  # complete | failed | infeasible | interrupted | running | queued
     params: dict
-    value: float | None
+    values: list[float] | None  # complete: every objective's value, primary first
     reason: str | None
     duration_s: float | None
     dir: Path
     result: dict | None = None
     warm_start: str | None = None  # where a queued first point came from (see Tuner._enqueue_warm_start)
+
+    @property
+    def value(self) -> float | None:
+        """The primary (first) objective's value."""
+        return self.values[0] if self.values else None
 
     @property
     def slo_pass(self) -> bool:
@@ -53,18 +70,45 @@ class TrialRow:
         return sum(max(v, 0.0) for v in constraint_violations(self.result).values()) if self.result else float("inf")
 
 
+@dataclass(frozen=True)
+class Confidence:
+    """How sure it is that the chosen trial beats the runner-up on the primary objective."""
+
+    runner_up: int  # its trial number
+    probability: float | None  # None when it could not be computed (`method` says why)
+    method: str
+
+
 @dataclass
 class StudySummary:
     name: str
-    objective: str
-    direction: str  # maximize | minimize
-    metric: str
+    objectives: list[Objective]  # primary first
     config: dict
     space: str
     trials: list[TrialRow] = field(default_factory=list)
     best: TrialRow | None = None
     choice: str = ""  # one sentence: why `best` (or the closest miss) was chosen
     closest_miss: TrialRow | None = None
+    front: list[TrialRow] = field(default_factory=list)  # several objectives: the SLO-passing Pareto front
+    runner_up: TrialRow | None = None  # the best other SLO-passing trial on the primary objective
+    confidence: Confidence | None = None
+
+    @property
+    def objective(self) -> str:
+        """The primary objective's expression, e.g. 'maximize goodput_req_s'."""
+        return self.objectives[0].expression
+
+    @property
+    def direction(self) -> str:
+        return self.objectives[0].direction
+
+    @property
+    def metric(self) -> str:
+        return self.objectives[0].metric
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def completed(self) -> list[TrialRow]:
@@ -79,42 +123,164 @@ def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
     """Read the study in `run_dir` (or `storage`) and each trial's result.json."""
     study = _load(run_dir, storage)
     config = study.user_attrs["config"]
-    objective = config["search"]["objective"]
-    direction, metric, _ = parse_objective(objective)
     rows = []
     for t in study.get_trials(deepcopy=False):
         state = "interrupted" if t.user_attrs.get("interrupted") else _STATES.get(t.state, t.state.name.lower())
         tdir = run_dir.trial_dir(t.number)
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        rows.append(TrialRow(t.number, state, dict(t.params), t.value, t.user_attrs.get("reason"), duration, tdir,
+        rows.append(TrialRow(t.number, state, dict(t.params), list(t.values) if t.values else None,
+                             t.user_attrs.get("reason"), duration, tdir,
                              read_json(tdir / TrialFiles.RESULT) if state == "complete" else None,
                              t.user_attrs.get("warm_start")))
-    summary = StudySummary(name=config["name"], objective=objective, direction=direction, metric=metric,
+    summary = StudySummary(name=config["name"], objectives=parse_objectives(config["search"]["objective"]),
                            config=config, space=config["search"]["space"], trials=rows)
     choose(summary)
+    summary.confidence = runner_up_confidence(summary)
     return summary
 
 
 def choose(summary: StudySummary) -> None:
-    """Set `best`, `choice` and `closest_miss` on `summary` by the rule in the module docstring."""
-    sign = 1 if summary.direction == "maximize" else -1
-    metric = summary.metric
+    """Set `best`, `choice`, `front`, `runner_up` and `closest_miss` on `summary` by the module docstring's rule."""
+    objectives = summary.objectives
+    primary = objectives[0]
     passing = [t for t in summary.completed if t.slo_pass]
-    if passing:
-        top = max(sign * t.value for t in passing)
-        tied = [t for t in passing if sign * t.value >= top - TIE_TOLERANCE * abs(top)]
-        summary.best = max(tied, key=lambda t: (t.slo_headroom, -t.number))
-        summary.choice = (
-            f"it has the {'highest' if sign > 0 else 'lowest'} {metric} of the {len(passing)} trials that met every SLO"
-            if len(tied) == 1 else
-            f"{len(tied)} of the {len(passing)} trials that met every SLO are within {TIE_TOLERANCE:.0%} of the best "
-            f"{metric} (a tie within measurement noise); of those it has the most SLO headroom "
-            f"(smallest margin {summary.best.slo_headroom:.1%})")
-    elif summary.completed:
-        summary.closest_miss = min(summary.completed, key=lambda t: (t.slo_excess, -sign * t.value, t.number))
-        summary.choice = (f"no trial met every SLO; trial {summary.closest_miss.number} overshoots them least "
-                          f"(total relative excess {summary.closest_miss.slo_excess:.1%})")
+    if not passing:
+        if summary.completed:
+            summary.closest_miss = min(summary.completed,
+                                       key=lambda t: (t.slo_excess, -primary.sign * t.value, t.number))
+            summary.choice = (f"no trial met every SLO; trial {summary.closest_miss.number} overshoots them least "
+                              f"(total relative excess {summary.closest_miss.slo_excess:.1%})")
+        return
+    if summary.multi_objective:
+        summary.front = [passing[i] for i in pareto_front([_signed(t, objectives) for t in passing])]
+    pool, ties = (summary.front or passing), []
+    for k, objective in enumerate(objectives):
+        top = max(objective.sign * t.values[k] for t in pool)
+        pool = [t for t in pool if objective.sign * t.values[k] >= top - TIE_TOLERANCE * abs(top)]
+        ties.append(len(pool))
+        if len(pool) == 1:
+            break
+    summary.best = best = max(pool, key=lambda t: (t.slo_headroom, -t.number))
+    others = [t for t in passing if t is not best]
+    summary.runner_up = max(others, key=lambda t: (primary.sign * t.value, -t.number)) if others else None
+    summary.choice = _choice_text(summary, len(passing), ties)
+
+
+def _choice_text(summary: StudySummary, n_passing: int, ties: list[int]) -> str:
+    """Why `summary.best` was chosen: the steps of `choose` that decided it, as one sentence."""
+    def best_word(objective: Objective) -> str:
+        return "highest" if objective.sign > 0 else "lowest"
+
+    headroom = f"the most SLO headroom (smallest margin {summary.best.slo_headroom:.1%})"
+    primary = summary.objectives[0]
+    if not summary.multi_objective:
+        if ties[0] == 1:
+            return f"it has the {best_word(primary)} {primary.label} of the {n_passing} trials that met every SLO"
+        return (f"{ties[0]} of the {n_passing} trials that met every SLO are within {TIE_TOLERANCE:.0%} of the best "
+                f"{primary.label} (a tie within measurement noise); of those it has {headroom}")
+    text = f"it is on the Pareto front of the {n_passing} trials that met every SLO ({len(summary.front)} on it)"
+    for objective, n_tied in zip(summary.objectives, ties):
+        if n_tied == 1:
+            return text + f"; of those it has the {best_word(objective)} {objective.label}"
+        text += (f"; {n_tied} of those are within {TIE_TOLERANCE:.0%} of the best {objective.label} "
+                 "(a tie within measurement noise)")
+    return text + f"; of those it has {headroom}"
+
+
+def _signed(trial: TrialRow, objectives: list[Objective]) -> list[float]:
+    """The trial's objective values, each negated where lower is better (so larger is always better)."""
+    return [o.sign * v for o, v in zip(objectives, trial.values)]
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices, in input order, of the points no other point dominates (larger is better in every coordinate;
+    a point dominates another when it is >= in every coordinate and > in one). Equal points are all kept."""
+    arr = np.asarray(points, dtype=float)
+    return [i for i, p in enumerate(arr) if not np.any(np.all(arr >= p, axis=1) & np.any(arr > p, axis=1))]
+
+
+# confidence that the chosen trial beats the runner-up ------------------------------------------------
+
+def runner_up_confidence(summary: StudySummary, resamples: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = BOOTSTRAP_SEED) -> Confidence | None:
+    """The bootstrap probability that `summary.best` beats `summary.runner_up` on the primary objective.
+
+    Each run's measured requests are resampled with replacement `resamples` times (the two runs
+    independently, measurement windows held fixed) and the objective is recomputed on each resample;
+    the probability is the share of paired resamples where the chosen trial is better (ties count
+    half). It covers request-to-request variation within the two runs, not run-to-run variation (a
+    noisy machine, another seed of the workload). None when there is no runner-up."""
+    best, other = summary.best, summary.runner_up
+    if best is None or other is None:
+        return None
+    primary = summary.objectives[0]
+    limits = [SloLimit(m, s, float(v)) for m, stats in (summary.config.get("slo") or {}).items()
+              for s, v in stats.items()]
+    cost = (summary.config.get("search") or {}).get("gpu_hour_cost")
+    rng = np.random.default_rng(seed)
+    draws = []
+    for trial in (best, other):
+        try:
+            records = [r for r in read_records(trial.dir / TrialFiles.RECORDS) if r.phase == "measured"]
+        except (OSError, ValueError, TypeError) as exc:
+            return Confidence(other.number, None,
+                              f"not computed: records of trial {trial.number} cannot be read ({exc})")
+        if not records:
+            return Confidence(other.number, None, f"not computed: trial {trial.number} has no measured request records")
+        indices = rng.integers(0, len(records), size=(resamples, len(records)))
+        draws.append(resampled_objective(records, trial.result, primary, limits, cost, indices))
+    diff = primary.sign * (draws[0] - draws[1])
+    diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return Confidence(other.number, None, "not computed: the objective is undefined on every resample")
+    probability = float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+    return Confidence(other.number, probability,
+                      f"bootstrap over requests: each run's {primary.label} recomputed on {resamples:,} resamples of "
+                      "its measured requests (windows fixed); request-to-request noise only, not run-to-run")
+
+
+#: Scalar metric -> (a measured request's share of it, divided by the window ("window") or the request count).
+_PER_REQUEST = {
+    "output_throughput_tok_s": (lambda r, limits: r.output_tokens if r.ok else 0, "window"),
+    "total_token_throughput_tok_s": (lambda r, limits: r.output_tokens + r.input_tokens if r.ok else 0, "window"),
+    "request_throughput_req_s": (lambda r, limits: r.ok, "window"),
+    "goodput_req_s": (request_meets_slo, "window"),
+    "slo_attainment": (request_meets_slo, "count"),
+    "error_rate": (lambda r, limits: not r.ok, "count"),
+}
+
+
+def resampled_objective(records: list[RequestRecord], result: dict, objective: Objective, limits: list[SloLimit],
+                        gpu_hour_cost: float | None, indices: np.ndarray) -> np.ndarray:
+    """`objective` recomputed for each row of `indices` (positions into `records`, the run's measured requests,
+    drawn with replacement), by the definitions of harness.metrics; the window is the run's. NaN where undefined.
+    With every position once, it equals the objective of `result`."""
+    metric = objective.metric
+    if metric in METRICS and METRICS[metric].kind == "distribution":
+        per_record = [request_values(metric, r) for r in records]
+        flat = np.asarray([v for values in per_record for v in values], dtype=float)
+        owner = np.repeat(np.arange(len(records)), [len(values) for values in per_record])
+        out = np.full(len(indices), np.nan)
+        for b, row in enumerate(indices):
+            sample = np.repeat(flat, np.bincount(row, minlength=len(records))[owner])
+            if sample.size:
+                out[b] = _statistic(sample, objective.statistic)
+        return out
+    base = "output_throughput_tok_s" if metric in COST_METRICS else metric
+    share, per = _PER_REQUEST[base]
+    contributions = np.asarray([float(share(r, limits)) for r in records])
+    denominator = result["window"]["duration_s"] if per == "window" else len(records)
+    factor = cost_factor(metric, result["engine"]["config"], gpu_hour_cost) if metric in COST_METRICS else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return contributions[indices].sum(axis=1) / denominator * factor
+
+
+def _statistic(values: np.ndarray, statistic: str) -> float:
+    """A statistic of harness.metrics.STATISTICS (percentiles with linear interpolation, as `summarize`)."""
+    if statistic in ("mean", "min", "max"):
+        return float(getattr(np, statistic)(values))
+    return float(np.percentile(values, float(statistic[1:]), method="linear"))
 
 
 def _load(run_dir: RunDir, storage: str | None) -> optuna.Study:

@@ -10,10 +10,15 @@ and newer) when the first read of it succeeds; otherwise it is the trapezoid int
 power samples over time.
 
 Contracts:
-- Without telemetry (pynvml not installed, `nvmlInit` fails, zero GPUs, a requested index missing)
-  the sampler does nothing and `summary()` returns
+- By default it watches the GPUs this process may use: those CUDA_VISIBLE_DEVICES names (a trial
+  placed on some GPUs by the tuner watches those), else all.
+- Without telemetry (pynvml not installed, `nvmlInit` fails, zero GPUs, a requested index missing,
+  a CUDA_VISIBLE_DEVICES that leaves no GPU NVML can find) the sampler does nothing and `summary()` returns
   `{"available": False, "reason": "no GPU telemetry: <why>"}`, never zeros. It never raises for
   a missing or broken NVML.
+- Process memory is what NVML's compute-process list charges to this process's pid (the engine
+  runs in the trial process); None where NVML cannot say (e.g. a container whose pids NVML does
+  not see), never a guess.
 - An NVML error reading one metric of one GPU (e.g. power not supported) makes that value None
   in that sample; other metrics and GPUs are unaffected. A metric with no value in any sample is
   None in the summary.
@@ -30,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+from engine_adapters.base import visible_gpu_indices
+
 _MIB = 1024 * 1024
 _NS_PER_S = 1e9
 _INSTALL_HINT = "pip install nvidia-ml-py"
@@ -44,6 +51,7 @@ class TelemetrySample(NamedTuple):
     util_pct: float | None
     power_w: float | None
     energy_j: float | None  # cumulative since the first sample
+    process_memory_bytes: int | None = None  # held by this process on this GPU (NVML's compute-process list)
 
 
 CSV_HEADER = list(TelemetrySample._fields)
@@ -105,7 +113,8 @@ class TelemetrySampler:
     `t.write_csv(path)`; or call `start()` / `stop()`. One sampler is used for one run
     (start once, stop once); `stop()` is idempotent. `sample()` takes an extra sample now.
 
-    gpu_indices: NVML device indices to watch; None watches every GPU NVML sees. (NVML indices
+    gpu_indices: NVML device indices to watch; None watches the GPUs this process may use: those
+        CUDA_VISIBLE_DEVICES names when it is set (`visible_gpu_indices`), else every GPU NVML sees. (NVML indices
         ignore CUDA_VISIBLE_DEVICES.)
     """
 
@@ -127,6 +136,7 @@ class TelemetrySampler:
         self._rows: list[TelemetrySample] = []
         self._t0_ns: int | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._reason: str | None = "no GPU telemetry: sampler not started"
@@ -200,9 +210,13 @@ class TelemetrySampler:
         nvml = self._nvml
         try:
             count = nvml.nvmlDeviceGetCount()
-            indices = self._gpu_indices if self._gpu_indices is not None else list(range(count))
             if count == 0:
                 return "no GPU telemetry: NVML reports 0 GPUs"
+            indices = self._gpu_indices
+            if indices is None:
+                indices = visible_gpu_indices(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"), count)
+                if isinstance(indices, str):
+                    return f"no GPU telemetry: {indices}"
             if not indices:
                 return "no GPU telemetry: gpu_indices is empty"
             for i in indices:
@@ -248,7 +262,14 @@ class TelemetrySampler:
                 power_w = power_mw / 1000 if power_mw is not None else None
                 self._rows.append(TelemetrySample(
                     t_ns, g.index, mem, float(util) if util is not None else None, power_w,
-                    self._energy(g, t_s, power_w)))
+                    self._energy(g, t_s, power_w), self._process_memory(h)))
+
+    def _process_memory(self, handle: Any) -> int | None:
+        """Bytes this process holds on the GPU, or None when NVML does not list it (or cannot tell)."""
+        listing = getattr(self._nvml, "nvmlDeviceGetComputeRunningProcesses", None)
+        procs = self._read(lambda: listing(handle)) if listing else None
+        mine = [p.usedGpuMemory for p in procs or [] if p.pid == self._pid and p.usedGpuMemory is not None]
+        return sum(mine) if mine else None
 
     def _energy(self, g: _GPU, t_s: float, power_w: float | None) -> float | None:
         """Cumulative energy (J) for g at t_s: counter delta, or trapezoid of power (fallback)."""
@@ -305,8 +326,8 @@ class TelemetrySampler:
              "duration_s": float (first to last sample),
              "energy_j": sum over GPUs, None if any GPU has no energy figure,
              "gpus": [{"index", "name", "memory_total_mib", "memory_used_peak_mib",
-                       "memory_used_mean_mib", "util_mean_pct", "power_mean_w", "power_peak_w",
-                       "energy_j"}]}
+                       "memory_used_mean_mib", "process_memory_peak_mib", "util_mean_pct", "power_mean_w",
+                       "power_peak_w", "energy_j"}]}
         Means are time-weighted (trapezoid over sample times; intervals with a missing end are
         skipped), falling back to the plain mean when no time elapsed. Unsupported metrics are None.
         """
@@ -323,12 +344,14 @@ class TelemetrySampler:
             mem_present = [m for m in mem if m is not None]
             power_present = [p for p in power if p is not None]
             mem_mean = _mean(ts, mem)
+            process_mem = [r.process_memory_bytes for r in mine if r.process_memory_bytes is not None]
             gpus.append({
                 "index": g.index,
                 "name": g.name,
                 "memory_total_mib": g.memory_total_bytes / _MIB if g.memory_total_bytes is not None else None,
                 "memory_used_peak_mib": max(mem_present) / _MIB if mem_present else None,
                 "memory_used_mean_mib": mem_mean / _MIB if mem_mean is not None else None,
+                "process_memory_peak_mib": max(process_mem) / _MIB if process_mem else None,
                 "util_mean_pct": _mean(ts, [r.util_pct for r in mine]),
                 "power_mean_w": _mean(ts, power),
                 "power_peak_w": max(power_present) if power_present else None,

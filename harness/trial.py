@@ -37,8 +37,10 @@ class Infeasible(HarnessError):
 
 
 def environment_fingerprint() -> dict:
+    """Where the run happened; `cuda_visible_devices` is the GPU subset it was given (None: all)."""
     return {"harness_version": __version__, "python": platform.python_version(),
-            "platform": platform.platform(), "hostname": platform.node(), "nvml": driver_info()}
+            "platform": platform.platform(), "hostname": platform.node(), "nvml": driver_info(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _log(msg: str) -> None:

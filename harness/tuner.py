@@ -6,29 +6,45 @@ engine's own check), FAIL (the engine raised, crashed, failed preflight or excee
 `trial_timeout_s`; reason recorded). The study lives in SQLite in the run dir (or `--storage`);
 running the same command again resumes it: finished trials are kept, a trial cut off by a kill
 or Ctrl-C is marked failed ("interrupted") and its params are queued to run again.
+
+Scaling out (README "Scaling out"): on a server database (`--storage postgresql://...`) any number of
+workers on any machines share one study. Each worker keeps Optuna's heartbeat for the trials it runs;
+a RUNNING trial whose heartbeat stopped for the grace period (its worker was killed or cut off) is
+marked interrupted and queued again by whichever worker notices first, while live workers' trials are
+left alone. A SQLite study has one worker at a time (an exclusive lock). Within one worker, `gpus`
+runs trials side by side, each on its own free subset of those GPUs (CUDA_VISIBLE_DEVICES) of the
+size its tensor x pipeline parallelism needs. The budget `search.trials` is the study's: a worker
+starts a trial only while the finished trials plus those running on every worker are fewer (counted
+and asked under a PostgreSQL advisory lock, so concurrent workers never overshoot it).
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import optuna
+import sqlalchemy
+from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
 
 from engine_adapters import Hardware, get_adapter
-from harness.config import ExperimentConfig, parse_objective
+from harness.config import ExperimentConfig, SearchSpec, parse_objective
 from harness.errors import ConfigError
-from harness.metrics import metric_value
+from harness.metrics import COST_METRICS, cost_factor, metric_value
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from search_spaces import SearchSpace, SpaceError, load_space
 from workloads import TokenSpace
@@ -69,16 +85,35 @@ class TrialOutcome:
     number: int
     state: str  # complete | failed | infeasible
     params: dict
-    value: float | None = None
+    values: list[float] | None = None  # complete: every objective's value, primary first
     reason: str | None = None
     duration_s: float = 0.0
 
+    @property
+    def value(self) -> float | None:
+        """The primary (first) objective's value."""
+        return self.values[0] if self.values else None
 
-def objective_value(result: dict, objective: str) -> float | None:
-    """The objective's value in a result dict, or None when it is undefined (e.g. no completed request)."""
+
+def objective_value(result: dict, objective: str, gpu_hour_cost: float | None = None) -> float | None:
+    """The objective's value in a result dict, or None when it is undefined (e.g. no completed request).
+
+    Cost metrics (harness.metrics.COST_METRICS) are the output throughput times `cost_factor` of the result's
+    engine config (its GPUs) and `gpu_hour_cost`."""
     _, metric, stat = parse_objective(objective)
-    value = metric_value(result, metric, stat)
+    if metric in COST_METRICS:
+        throughput = metric_value(result, "output_throughput_tok_s")
+        value = None if throughput is None else \
+            throughput * cost_factor(metric, result["engine"]["config"], gpu_hour_cost)
+    else:
+        value = metric_value(result, metric, stat)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def objective_values(result: dict, search: SearchSpec) -> list[float] | None:
+    """Every objective of `search` in a result dict, primary first; None when any is undefined."""
+    values = [objective_value(result, o.expression, search.gpu_hour_cost) for o in search.objectives]
+    return None if None in values else values
 
 
 def constraint_violations(result: dict) -> dict[str, float]:
@@ -92,31 +127,49 @@ def constraint_violations(result: dict) -> dict[str, float]:
     return out
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it if the harness dies (even by SIGKILL)."""
+def _find_prctl():
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: a killed harness may leave the trial running until it ends
+        return None  # not Linux: a killed harness may leave the trial running until it ends
 
 
-def run_trial_process(trial_dir: Path, timeout_s: float,
-                      on_log: Callable[[str], None] | None = None) -> tuple[str, str | None]:
+_prctl = _find_prctl()  # looked up here: the child of a threaded parent must not load libraries before exec
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it if the thread that started it dies (the harness
+    exits or is killed, even by SIGKILL)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_trial_process(trial_dir: Path, timeout_s: float, on_log: Callable[[str], None] | None = None, *,
+                      env: dict[str, str] | None = None,
+                      stop: threading.Event | None = None) -> tuple[str, str | None]:
     """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
 
     The child gets its own process group so a timeout or Ctrl-C kills the engine with it, and dies
     with the harness if the harness is killed, so no orphan holds the GPU. `on_log` gets the last
-    line of the trial's log about twice a second (for progress display).
+    line of the trial's log about twice a second (for progress display). `env` is added to the
+    child's environment (and noted at the top of its log); setting `stop` kills the child and raises
+    KeyboardInterrupt, like Ctrl-C.
     """
     with (trial_dir / TrialFiles.LOG).open("ab") as log:
+        if env:
+            log.write(f"[harness {time.strftime('%H:%M:%S')}] trial environment: "
+                      f"{' '.join(f'{k}={v}' for k, v in env.items())}\n".encode())
+            log.flush()
         proc = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         deadline = time.monotonic() + timeout_s
         try:
             while (code := proc.poll()) is None:
                 _raise_if_ctrl_c()
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 if time.monotonic() > deadline:
                     _kill_group(proc)
                     return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
@@ -157,6 +210,46 @@ def _log_tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-500:]
 
 
+#: Random trials before TPE starts modelling.
+TPE_STARTUP_TRIALS = 5
+
+
+def make_sampler(search: SearchSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The sampler `search.sampler` names, seeded with `search.seed`; raises ValueError when the space has no grid.
+
+    TPE and NSGA-II read each trial's SLO constraints (`Trial.set_constraint`, see `tell_result`) and prefer
+    configs that meet them; both handle one or several objectives. TPE samples at random for its first
+    `TPE_STARTUP_TRIALS` trials (warm-start points included), whatever the budget: modelled from fewer
+    points it keeps to the neighbourhood of the first one (benchmarks/search_efficiency.py). NSGA-II's
+    population is a quarter of the budget (4 to 50), so a small budget still breeds a few generations.
+    random and grid are baselines that ignore results."""
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=TPE_STARTUP_TRIALS)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=min(max(search.trials // 4, 4), 50))
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    return _AskTellGridSampler(space.grid(), seed=search.seed)
+
+
+UNDEFINED_OBJECTIVE = "objective undefined: no measured request completed"
+
+
+def tell_result(study: optuna.Study, trial: optuna.Trial, result: dict, search: SearchSpec) -> list[float] | None:
+    """Tell `study` a measured trial: its SLO constraints, then its objective values (returned), or FAIL with a
+    reason when an objective is undefined (None returned)."""
+    for key, violation in constraint_violations(result).items():
+        trial.set_constraint(key, violation)
+    trial.set_user_attr("slo_pass", result["slo_pass"])
+    values = objective_values(result, search)
+    if values is None:
+        trial.set_user_attr("reason", UNDEFINED_OBJECTIVE)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        study.tell(trial, values)
+    return values
+
+
 class _AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler under ask/tell: its after_trial only calls Study.stop() once the grid is exhausted, which
     works inside optimize() alone; the tuner stops by itself (`Tuner._grid_done`)."""
@@ -168,11 +261,54 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 #: Consecutive sampled points rejected before launch after which the space is taken to hold nothing feasible.
 MAX_REJECTED_IN_A_ROW = 50
 
+#: Seconds between a worker's heartbeats for each trial it runs, on a server database (PostgreSQL).
+HEARTBEAT_S = 10
+#: Heartbeats a trial's worker may miss before the trial is taken as lost and queued again.
+GRACE_HEARTBEATS = 3
+_IDLE_POLL_S = 1.0
+_ADVISORY_LOCK_CLASS = 0x6861  # first key of the PostgreSQL advisory locks; the second is a study's id (0: tables)
+_STOPPED = "harness was stopped mid-trial; its params were queued to run again"
+
+
+def gpus_needed(engine_cfg) -> int:
+    """GPUs one engine of this config occupies: tensor_parallel_size x pipeline_parallel_size (1 without them)."""
+    return getattr(engine_cfg, "tensor_parallel_size", 1) * getattr(engine_cfg, "pipeline_parallel_size", 1)
+
+
+def _check_gpu_ids(ids: Sequence[str]) -> list[str]:
+    """`--gpus` ids, stripped; a ConfigError for an empty or repeated id."""
+    ids = [str(i).strip() for i in ids]
+    if "" in ids or len(set(ids)) < len(ids):
+        raise ConfigError("--gpus: expected distinct device ids separated by commas (e.g. 0,1,2,3), "
+                          f"got {','.join(ids)!r}")
+    return ids
+
+
+@dataclass
+class _Launch:
+    """A trial this worker asked for, from ask to tell: its heartbeat, params, GPU need and the GPUs it holds."""
+
+    trial: optuna.Trial
+    heartbeat: BaseHeartbeatThread
+    params: dict = field(default_factory=dict)
+    gpus_needed: int = 0
+    gpus: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+
 
 class Tuner:
-    """Drives one study for one experiment config in one run dir."""
+    """Drives one study for one experiment config: this process is one of the study's workers.
+
+    `storage` is an Optuna RDB URL (default: SQLite in the run dir; `postgresql://...` for several workers),
+    `study` the study's name in it (default: the config's name). `gpus` are device ids as CUDA_VISIBLE_DEVICES
+    takes them: given, trials run side by side on them (see `run`); not given, one at a time on whatever the
+    engine sees. The ids are the resource a trial needs (tensor x pipeline parallel size of them), so a count
+    of workers would not do: the number of trials in flight follows from which GPUs are free, and disjoint
+    id lists let several workers share one host. `heartbeat_s` paces the heartbeats on a server database.
+    """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: RunDir, *, config_dir: Path, storage: str | None = None,
+                 study: str | None = None, gpus: Sequence[str] | None = None, heartbeat_s: int = HEARTBEAT_S,
                  hardware: Hardware | None = None):
         if cfg.search is None:
             raise ConfigError("config has no `search:` section; `harness tune` needs one (or use `harness bench`)")
@@ -188,26 +324,86 @@ class Tuner:
         self.adapter = get_adapter(cfg.engine.kind)
         if (reason := self.adapter.unavailable()) is not None:
             raise ConfigError(f"engine.kind {cfg.engine.kind}: {reason}")
-        direction, _, _ = parse_objective(cfg.search.objective)
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        self.grid_size = None
-        if cfg.search.sampler == "tpe":  # TPE reads each trial's SLO constraints (set_constraint) to prefer configs that meet them
-            sampler = optuna.samplers.TPESampler(seed=cfg.search.seed,
-                                                 n_startup_trials=min(5, max(cfg.search.trials // 3, 1)))
-        elif cfg.search.sampler == "random":
-            sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
-        else:
+        try:
+            sampler = make_sampler(cfg.search, self.space)
+        except ValueError as exc:
+            raise ConfigError(f"search.sampler {cfg.search.sampler}: {exc}") from None
+        self.grid_size = math.prod(len(v) for v in self.space.grid().values()) if cfg.search.sampler == "grid" else None
+        self.gpus = _check_gpu_ids(gpus or [])
+        self._stop = threading.Event()
+        self._rejected_in_a_row = 0
+        self._worker = f"{platform.node()}:{os.getpid()}"
+        self._lost_reason = (f"its worker sent no heartbeat for {GRACE_HEARTBEATS * heartbeat_s} s (killed, or cut off "
+                             "from the database) mid-trial; its params were queued to run again")
+        self.study = optuna.create_study(study_name=study or cfg.name,
+                                         storage=self._open_storage(storage or run_dir.storage_url(), heartbeat_s),
+                                         sampler=sampler, directions=[o.direction for o in cfg.search.objectives],
+                                         load_if_exists=True)
+        self._heartbeats = is_heartbeat_enabled(self.study._storage)
+        with self._study_lock():  # two workers starting a new study at once set it up once
+            self._check_same_experiment()
+            if not self.study.trials:
+                self._enqueue_warm_start()
+
+    def _open_storage(self, url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+        """The study's storage. A server database gets Optuna's heartbeats (to tell a dead worker's trials from
+        live ones) and an advisory-lock engine; `postgresql://` means psycopg 3 (the `postgres` extra)."""
+        parsed = sqlalchemy.engine.make_url(url)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.storage_url = parsed.render_as_string(hide_password=False)
+        self.storage_label = parsed.render_as_string(hide_password=True)  # for messages: never a password
+        server = parsed.get_backend_name() != "sqlite"
+        self._sqlite_path = None if server or parsed.database in (None, "", ":memory:") else Path(parsed.database)
+        try:
+            self._lock_engine = sqlalchemy.create_engine(self.storage_url, pool_pre_ping=True) \
+                if parsed.get_backend_name() == "postgresql" else None
+            with self._advisory_lock(0):  # workers starting together on a new database create its tables once
+                storage = optuna.storages.RDBStorage(
+                    self.storage_url, heartbeat_interval=heartbeat_s if server else None,
+                    grace_period=GRACE_HEARTBEATS * heartbeat_s if server else None)
+        except ImportError as exc:
+            raise ConfigError(f"--storage {self.storage_label}: its database driver is not installed ({exc}); for "
+                              "PostgreSQL: pip install 'harness[postgres]'") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise ConfigError(f"--storage {self.storage_label}: cannot open the database: "
+                              f"{getattr(exc, 'orig', None) or exc}") from None
+        return storage
+
+    def _study_lock(self):
+        """Held by one worker of the study at a time (a PostgreSQL advisory lock keyed by the study's id); a no-op
+        on other databases (a SQLite study has one worker: `_sole_worker`)."""
+        return self._advisory_lock(self.study._study_id)
+
+    @contextmanager
+    def _advisory_lock(self, key: int):
+        """PostgreSQL's advisory lock (_ADVISORY_LOCK_CLASS, key) while open; a no-op on other databases."""
+        if self._lock_engine is None:
+            yield
+            return
+        keys = {"kind": _ADVISORY_LOCK_CLASS, "key": key}
+        with self._lock_engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:kind, :key)"), keys)
             try:
-                grid = self.space.grid()
-            except ValueError as exc:
-                raise ConfigError(f"search.sampler grid: {exc}") from None
-            self.grid_size = math.prod(len(values) for values in grid.values())
-            sampler = _AskTellGridSampler(grid, seed=cfg.search.seed)
-        self.study = optuna.create_study(study_name=cfg.name, storage=storage or run_dir.storage_url(),
-                                         sampler=sampler, direction=direction, load_if_exists=True)
-        self._check_same_experiment()
-        if not self.study.trials:
-            self._enqueue_warm_start()
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:kind, :key)"), keys)
+
+    @contextmanager
+    def _sole_worker(self):
+        """On SQLite: the only worker of the study while open (an exclusive lock next to the database), so a
+        trial found RUNNING at start is known to be cut off."""
+        if self._sqlite_path is None:
+            yield
+            return
+        with open(self._sqlite_path.with_name(self._sqlite_path.name + ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{self._sqlite_path}: another `harness tune` is running this study; a SQLite study "
+                                  "has one worker at a time: for several, use --storage postgresql://...") from None
+            yield
 
     def _enqueue_warm_start(self) -> None:
         """Queue the space's warm-start points, snapped onto the space, as a new study's first trials."""
@@ -236,23 +432,44 @@ class Tuner:
             self.study.set_user_attr("config_fingerprint", fp)
             self.study.set_user_attr("config", self.cfg.model_dump(mode="json"))
         elif stored != fp:
-            raise ConfigError(f"{self.run_dir.path}: holds a study of a different config (only search.trials may "
-                              "change between runs); pass --run-dir for a new study or delete the directory")
+            where = self.run_dir.path if self._sqlite_path == self.run_dir.study_db.resolve() else \
+                f"study {self.study.study_name!r} in {self.storage_label}"
+            raise ConfigError(f"{where}: holds a study of a different config (only search.trials may change between "
+                              "runs or workers); pass --run-dir (or --study) for a new study or delete the old one")
 
-    def _mark_interrupted(self, trial: optuna.Trial) -> None:
-        """Fail a trial cut off by a stop of the harness (it does not count) and queue its params again;
-        a trial whose result was already told (the stop came just after) is left as it is."""
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+    def _mark_interrupted(self, trial_id: int, reason: str = _STOPPED) -> None:
+        """Fail a trial cut off before its result was told (it does not count) and queue its params again; a trial
+        already finished (told just before the stop, or taken over by another worker) is left as it is."""
+        trial = optuna.Trial(self.study, trial_id)
+        try:
+            if self.study._storage.get_trial(trial_id).state.is_finished():
+                return
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # its worker told it meanwhile
             return
-        trial.set_user_attr("reason", "harness was stopped mid-trial; its params were queued to run again")
-        trial.set_user_attr("interrupted", True)
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.study.enqueue_trial(trial.params, skip_if_exists=False)
 
     def _recover_interrupted(self) -> None:
-        """Trials a killed harness left RUNNING: mark them interrupted."""
+        """At start: trials a stopped worker left RUNNING are marked interrupted and queued again. A SQLite study
+        has this one worker (`_sole_worker`), so that is every RUNNING trial; on a server database, only those
+        whose worker's heartbeat stopped (`_recover_lost`)."""
+        if self._heartbeats:
+            self._recover_lost()
+            return
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self._mark_interrupted(optuna.Trial(self.study, t._trial_id))
+            self._mark_interrupted(t._trial_id)
+
+    def _recover_lost(self) -> None:
+        """On a server database: mark interrupted, and queue again, the RUNNING trials whose worker sent no
+        heartbeat for the grace period (Optuna's heartbeat records). Optuna's `fail_stale_trials` would fail them
+        with no reason, and a finished trial cannot be annotated; hence this variant of it."""
+        if not self._heartbeats:
+            return
+        with self._study_lock():
+            for trial_id in self.study._storage._get_stale_trial_ids(self.study._study_id):
+                self._mark_interrupted(trial_id, self._lost_reason)
 
     def finished(self) -> int:
         """Trials that count toward the budget: those launched that completed, or failed for a reason other than
@@ -261,83 +478,175 @@ class Tuner:
         return sum(1 for t in self.study.get_trials(deepcopy=False, states=done)
                    if not t.user_attrs.get("interrupted") and not t.user_attrs.get("rejected_before_launch"))
 
-    def _grid_done(self) -> bool:
-        """A grid search has tried every point of the grid (launched or rejected before launch)."""
+    def running(self) -> int:
+        """Trials running now on every worker of the study (this one's included)."""
+        return len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+    def _grid_done(self, running: int = 0) -> bool:
+        """A grid search has tried every point of the grid (launched or rejected before launch), counting
+        `running` trials as tried."""
         if self.grid_size is None:
             return False
         tried = {tuple(sorted(t.params.items())) for t in self.study.get_trials(deepcopy=False)
                  if t.state.is_finished() and not t.user_attrs.get("interrupted")}
-        return len(tried) >= self.grid_size
+        return len(tried) + running >= self.grid_size
+
+    def _ask(self) -> _Launch | None:
+        """A new trial with its heartbeat going, or None while the budget is taken: the finished trials plus those
+        running on every worker fill `search.trials` (or every grid point is tried or running)."""
+        self._recover_lost()
+        with self._study_lock():  # so that no other worker counts and asks in between
+            running = self.running()
+            if self.finished() + running >= self.cfg.search.trials or self._grid_done(running):
+                return None
+            trial = self.study.ask()
+        launch = _Launch(trial, get_heartbeat_thread(trial._trial_id, self.study._storage))
+        launch.heartbeat.start()
+        return launch
+
+    def _end(self, launch: _Launch, outcome: TrialOutcome, on_end: Callable[[TrialOutcome], None] | None) -> None:
+        launch.heartbeat.join()
+        outcome.duration_s = time.monotonic() - launch.t0
+        if on_end:
+            on_end(outcome)
+
+    def _interrupt(self, launch: _Launch) -> None:
+        self._mark_interrupted(launch.trial._trial_id)
+        launch.heartbeat.join()
 
     def run(self, on_start: Callable[[int, dict], None] | None = None,
             on_end: Callable[[TrialOutcome], None] | None = None,
             on_log: Callable[[str], None] | None = None) -> None:
-        """Run trials until `search.trials` have finished; safe to interrupt and call again.
+        """Run trials until the study holds `search.trials` finished ones, whichever worker ran them; safe to
+        interrupt and call again.
 
-        Callbacks: `on_start(number, params)`, `on_end(outcome)`, and `on_log(line)` with the running
-        trial's latest log line."""
-        self._recover_interrupted()
-        rejected_in_a_row = 0
-        while self.finished() < self.cfg.search.trials and not self._grid_done():
-            _raise_if_ctrl_c()
-            trial = self.study.ask()
-            params = self.space.suggest(trial)
-            if on_start:
-                on_start(trial.number, params)
-            t0 = time.monotonic()
+        Without `gpus` one trial runs at a time. With them, trials run side by side, each on the first free ids
+        of `gpus` it needs (`gpus_needed`, in CUDA_VISIBLE_DEVICES, with CUDA_DEVICE_ORDER=PCI_BUS_ID unless set,
+        so that ids are nvidia-smi's); the next trial waits, first in line, until enough are free. When the
+        budget is taken by trials running elsewhere, the worker waits for them, taking over any whose worker dies.
+
+        Callbacks: `on_start(number, params)`, `on_end(outcome)`, and `on_log(line)` with a running trial's latest
+        log line (or what the worker waits for)."""
+        self._stop.clear()
+        free = list(self.gpus)
+        in_flight: dict[Future, _Launch] = {}
+        waiting: _Launch | None = None  # asked and checked; waits for GPUs
+        with self._sole_worker(), ThreadPoolExecutor(max(len(self.gpus), 1), "trial") as pool:
+            self._recover_interrupted()
             try:
-                outcome = self._evaluate(trial, params, on_log)
+                while True:
+                    _raise_if_ctrl_c()
+                    for future in [f for f in in_flight if f.done()]:
+                        launch = in_flight[future]
+                        outcome = self._record(launch, *future.result())
+                        del in_flight[future]
+                        free = [g for g in self.gpus if g in free or g in launch.gpus]
+                        self._end(launch, outcome, on_end)
+                    if waiting is None and len(in_flight) < max(len(self.gpus), 1):
+                        waiting = self._next_launch(on_start, on_end)
+                        if waiting is None and not in_flight:
+                            if self.finished() >= self.cfg.search.trials or self._grid_done():
+                                return
+                            if on_log:
+                                on_log(f"waiting for {self.running()} trial(s) on other workers")
+                            self._sleep(_IDLE_POLL_S)
+                            continue
+                    if waiting is not None and len(free) >= waiting.gpus_needed:
+                        waiting.gpus, free = free[:waiting.gpus_needed], free[waiting.gpus_needed:]
+                        in_flight[self._launch(pool, waiting, on_log)] = waiting
+                        waiting = None
+                        continue
+                    wait_for(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
             except BaseException:
-                self._mark_interrupted(trial)
+                self._stop.set()  # the trial threads kill their processes
+                wait_for(in_flight)
+                for launch in [*in_flight.values(), *([waiting] if waiting else [])]:
+                    self._interrupt(launch)
                 raise
-            outcome.duration_s = time.monotonic() - t0
-            if on_end:
-                on_end(outcome)
-            rejected_in_a_row = rejected_in_a_row + 1 if outcome.state == "infeasible" and outcome.reason and \
-                trial.user_attrs.get("rejected_before_launch") else 0
-            if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
-                raise ConfigError(f"search.space: the last {rejected_in_a_row} points sampled were all infeasible on "
-                                  f"this machine (latest: {outcome.reason}); narrow the space or fix the engine config")
 
-    def _evaluate(self, trial: optuna.Trial, params: dict, on_log: Callable[[str], None] | None) -> TrialOutcome:
-        number = trial.number
-        reason = self.space.broken_rule(params, max(self.hardware.gpu_count, 1))
-        if reason:
-            reason = f"breaks search-space rule: {reason}"
-        else:
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _raise_if_ctrl_c()
+            time.sleep(0.1)
+
+    def _next_launch(self, on_start: Callable[[int, dict], None] | None,
+                     on_end: Callable[[TrialOutcome], None] | None) -> _Launch | None:
+        """The next trial to launch (asked, params sampled, checked), or None while the budget is taken. Points
+        rejected before launch are told on the way; MAX_REJECTED_IN_A_ROW of them in a row stop the study."""
+        while (launch := self._ask()) is not None:
             try:
-                engine_cfg = self.cfg.engine.resolve(params)
-            except ValueError as exc:
-                engine_cfg, reason = None, f"invalid engine config: {exc}"
-            reason = reason or self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens())
-        if reason:
-            trial.set_user_attr("reason", reason)
-            trial.set_user_attr("rejected_before_launch", True)
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return TrialOutcome(number, "infeasible", params, reason=reason)
+                launch.trial.set_user_attr("worker", self._worker)
+                launch.params = self.space.suggest(launch.trial)
+                if on_start:
+                    on_start(launch.trial.number, launch.params)
+                reason, launch.gpus_needed = self._launch_check(launch.params)
+                if not reason:
+                    self._rejected_in_a_row = 0
+                    return launch
+                launch.trial.set_user_attr("reason", reason)
+                launch.trial.set_user_attr("rejected_before_launch", True)
+                self.study.tell(launch.trial, state=optuna.trial.TrialState.PRUNED)
+            except BaseException:
+                self._interrupt(launch)
+                raise
+            self._end(launch, TrialOutcome(launch.trial.number, "infeasible", launch.params, reason=reason), on_end)
+            self._rejected_in_a_row += 1
+            if self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+                raise ConfigError(f"search.space: the last {self._rejected_in_a_row} points sampled were all "
+                                  f"infeasible on this machine (latest: {reason}); narrow the space or fix the engine "
+                                  "config")
+        return None
 
-        trial_dir = self.run_dir.trial_dir(number)
+    def _launch_check(self, params: dict) -> tuple[str | None, int]:
+        """Why `params` cannot be launched here (None when they can), and how many of `gpus` they need (0 when
+        the tuner assigns no GPUs)."""
+        gpus = len(self.gpus) or max(self.hardware.gpu_count, 1)
+        if rule := self.space.broken_rule(params, gpus):
+            return f"breaks search-space rule: {rule}", 0
+        try:
+            engine_cfg = self.cfg.engine.resolve(params)
+        except ValueError as exc:
+            return f"invalid engine config: {exc}", 0
+        need = gpus_needed(engine_cfg)
+        if self.gpus and need > len(self.gpus):
+            return (f"needs {need} GPUs (tensor_parallel_size x pipeline_parallel_size) but --gpus lists "
+                    f"{len(self.gpus)}"), need
+        return (self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens()),
+                need if self.gpus else 0)
+
+    def _launch(self, pool: ThreadPoolExecutor, launch: _Launch, on_log: Callable[[str], None] | None) -> Future:
+        """Write the trial's config and start its process on a pool thread, on `launch.gpus` when it has any."""
+        trial_dir = self.run_dir.trial_dir(launch.trial.number)
         if trial_dir.exists():  # leftovers of an interrupted attempt with this number
             for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.RECORDS, TrialFiles.TELEMETRY):
                 (trial_dir / name).unlink(missing_ok=True)
         trial_cfg = self.cfg.model_dump(mode="json", exclude={"search"})
-        trial_cfg["engine"]["params"] = {**trial_cfg["engine"]["params"], **params}
+        trial_cfg["engine"]["params"] = {**trial_cfg["engine"]["params"], **launch.params}
         write_yaml(trial_dir / TrialFiles.CONFIG, trial_cfg)
-        state, reason = run_trial_process(trial_dir, self.cfg.search.trial_timeout_s, on_log)
-        if state != "complete":
-            trial.set_user_attr("reason", reason)
-            tstate = optuna.trial.TrialState.PRUNED if state == "infeasible" else optuna.trial.TrialState.FAIL
-            self.study.tell(trial, state=tstate)
-            return TrialOutcome(number, state, params, reason=reason)
-        result = read_json(trial_dir / TrialFiles.RESULT)
-        value = objective_value(result, self.cfg.search.objective)
-        for key, violation in constraint_violations(result).items():
-            trial.set_constraint(key, violation)
-        trial.set_user_attr("slo_pass", result["slo_pass"])
-        if value is None:
-            reason = "objective undefined: no measured request completed"
-            trial.set_user_attr("reason", reason)
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return TrialOutcome(number, "failed", params, reason=reason)
-        self.study.tell(trial, value)
-        return TrialOutcome(number, "complete", params, value=value)
+        env = None
+        if self.gpus:
+            launch.trial.set_user_attr("gpus", launch.gpus)
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(launch.gpus),
+                   "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}
+        # The pool's threads live until run() ends, so the trial's parent-death signal fires only if the harness dies.
+        return pool.submit(run_trial_process, trial_dir, self.cfg.search.trial_timeout_s, on_log, env=env,
+                           stop=self._stop)
+
+    def _record(self, launch: _Launch, state: str, reason: str | None) -> TrialOutcome:
+        """Tell the study how a launched trial ended."""
+        trial, number, params = launch.trial, launch.trial.number, launch.params
+        trial_dir = self.run_dir.trial_dir(number)
+        try:
+            if state != "complete":
+                trial.set_user_attr("reason", reason)
+                tstate = optuna.trial.TrialState.PRUNED if state == "infeasible" else optuna.trial.TrialState.FAIL
+                self.study.tell(trial, state=tstate)
+                return TrialOutcome(number, state, params, reason=reason)
+            values = tell_result(self.study, trial, read_json(trial_dir / TrialFiles.RESULT), self.cfg.search)
+        except optuna.exceptions.UpdateFinishedTrialError:  # no heartbeat got through for the grace period
+            return TrialOutcome(number, "failed", params, reason="another worker took this trial as lost and queued "
+                                "it again (this worker's heartbeats did not reach the database); not counted")
+        if values is None:
+            return TrialOutcome(number, "failed", params, reason=UNDEFINED_OBJECTIVE)
+        return TrialOutcome(number, "complete", params, values=values)

@@ -17,12 +17,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator, ScalarFormatter
 
-from harness.config import parse_objective
-from harness.metrics import METRICS, metric_value, request_values, summarize
+from harness.metrics import METRICS, OBJECTIVE_METRICS, metric_value, request_values, summarize
 from harness.records import RequestRecord
 from harness.summary import StudySummary
+from harness.summary import pareto_front as non_dominated
 
 WIDTH_IN = 9.0  # about 860 px in a browser; readable scaled down to ~700 px
 PASS, MISS, FAILED, INFEASIBLE, OTHER = "#2e7d32", "#ef6c00", "#c62828", "#757575", "#9e9e9e"
@@ -51,7 +51,7 @@ def _render(height_in: float, ncols: int, draw: Callable[[Figure, list[Axes]], N
         draw(fig, axes)
         for ax in axes:
             for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-                if scale == "linear":
+                if scale == "linear" and isinstance(axis.get_major_formatter(), ScalarFormatter):  # not named ticks
                     axis.set_major_formatter(_thousands)
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -61,7 +61,7 @@ def _render(height_in: float, ncols: int, draw: Callable[[Figure, list[Axes]], N
 def axis_label(metric: str, statistic: str | None = None) -> str:
     """'ttft_ms p95 (ms)' style label with the metric's unit."""
     name = f"{metric} {statistic}" if statistic else metric
-    return f"{name} ({METRICS[metric].unit})"
+    return f"{name} ({OBJECTIVE_METRICS[metric].unit})"
 
 
 # (a) objective history ------------------------------------------------------------------------
@@ -73,8 +73,8 @@ def objective_history(summary: StudySummary) -> str | None:
         return None
     valued = [t for t in summary.trials if t.state == "complete" and t.value is not None]
     unvalued = [t for t in summary.trials if t.state != "complete" or t.value is None]
-    direction, metric, statistic = parse_objective(summary.objective)
-    better = max if direction == "maximize" else min
+    primary = summary.objectives[0]
+    better = max if primary.direction == "maximize" else min
 
     def draw(fig: Figure, axes: list[Axes]) -> None:
         ax = axes[0]
@@ -102,8 +102,9 @@ def objective_history(summary: StudySummary) -> str | None:
         others = [t.number for t in unvalued if t.state not in ("failed", "infeasible")]
         _mark_on_x_axis(ax, others, "o", OTHER, "no value")
         ax.set_xlabel("trial number")
-        ax.set_ylabel(axis_label(metric, statistic))
-        ax.set_title(f"Objective by trial: {summary.objective}")
+        ax.set_ylabel(axis_label(primary.metric, primary.statistic))
+        kind = "Primary objective" if summary.multi_objective else "Objective"
+        ax.set_title(f"{kind} by trial: {primary.expression}")
         numbers = [t.number for t in summary.trials]
         ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)  # markers on the axis do not widen the limits
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -122,15 +123,10 @@ def _mark_on_x_axis(ax: Axes, numbers: list[int], marker: str, color: str, label
 # (b) latency / throughput trade-off ------------------------------------------------------------
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated by another with lower-or-equal latency (x) and
-    higher-or-equal throughput (y), ordered by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best_y = [], float("-inf")
-    for i in order:
-        if points[i][1] > best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return front
+    """Indices of (latency x, throughput y) points that no other point dominates (lower-or-equal latency and
+    higher-or-equal throughput, better in one), ordered by latency."""
+    front = non_dominated([(-x, y) for x, y in points])
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
 def tradeoff(summary: StudySummary) -> str | None:
@@ -184,6 +180,38 @@ def tradeoff(summary: StudySummary) -> str | None:
         fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 5))
 
     return _render(4.2, 2, draw)
+
+
+def pareto(summary: StudySummary) -> str | None:
+    """A two-objective study: every completed trial at (objective 1, objective 2), filled when it met every SLO
+    and hollow when not, the Pareto front of the SLO-passing trials ringed and joined, the chosen trial starred.
+    None for other studies or without a completed trial."""
+    if len(summary.objectives) != 2 or not summary.completed:
+        return None
+    first, second = summary.objectives
+    front = sorted(summary.front, key=lambda t: t.values[0])
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        for passed, face, label in ((True, PASS, "met SLOs"), (False, "none", "missed an SLO (infeasible)")):
+            pts = [t for t in summary.completed if t.slo_pass == passed]
+            if pts:
+                ax.scatter([t.values[0] for t in pts], [t.values[1] for t in pts], s=40, facecolor=face,
+                           edgecolor=PASS if passed else MISS, linewidth=1.4, zorder=3, label=f"{label} ({len(pts)})")
+        if front:
+            ax.plot([t.values[0] for t in front], [t.values[1] for t in front], color=ACCENT, linestyle="--",
+                    linewidth=1.0, marker="o", markersize=13, markerfacecolor="none", markeredgecolor=ACCENT,
+                    zorder=2, label=f"Pareto front of the SLO-passing trials ({len(front)})")
+        if summary.best is not None:
+            ax.scatter([summary.best.values[0]], [summary.best.values[1]], s=220, marker="*", color="#fdd835",
+                       edgecolor="black", linewidth=0.8, zorder=4, label=f"chosen: trial {summary.best.number}")
+        ax.set_xlabel(f"{axis_label(first.metric, first.statistic)} ({'→' if first.sign > 0 else '←'} better)")
+        ax.set_ylabel(f"{axis_label(second.metric, second.statistic)} ({'↑' if second.sign > 0 else '↓'} better)")
+        ax.set_title(f"Pareto front: {first.label} vs {second.label}")
+        _label_points(ax, [(t.values[0], t.values[1], str(t.number)) for t in summary.completed])
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    return _render(4.2, 1, draw)
 
 
 def _label_points(ax: Axes, points: list[tuple[float, float, str]]) -> None:
@@ -302,6 +330,227 @@ def arrival_rate(records: list[RequestRecord]) -> str | None:
         ax.set_xlabel("time since run start (s)")
         ax.set_ylabel(f"requests per second ({width:.2g} s bins)")
         ax.set_title("Offered load over the run")
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    return _render(3.0, 1, draw)
+
+
+# (g, h) capacity plan: latency and throughput against the offered rate ---------------------------
+
+def _plan_markers(ax: Axes, plan: dict) -> None:
+    """The max rate at SLO (with the bracket up to the first miss) and the operating point, as vertical lines."""
+    knee, sizing = plan["max_rate"], plan.get("sizing")
+    if knee["rate"] is not None:
+        ax.axvline(knee["rate"], color=PASS, linestyle="--", linewidth=1.4,
+                   label=f"max rate at SLO: {knee['rate']:g} req/s")
+        if knee["first_miss"] is not None:
+            ax.axvspan(knee["rate"], knee["first_miss"], color=PASS, alpha=0.08, linewidth=0,
+                       label=f"knee lies in [{knee['rate']:g}, {knee['first_miss']:g}) req/s")
+    if sizing:
+        ax.axvline(sizing["operating_rate_req_s"], color=ACCENT, linestyle=":", linewidth=1.6,
+                   label=f"operating point: {sizing['operating_rate_req_s']:.3g} req/s per replica")
+
+
+def _rate_axis(ax: Axes, rates: list[float]) -> None:
+    wide = min(rates) > 0 and max(rates) > 20 * min(rates)
+    if wide:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(left=0, right=max(rates) * 1.05)
+    ax.set_xlabel("offered rate per replica (req/s)" + (" (log scale)" if wide else ""))
+
+
+def _shared_legend(fig: Figure, axes: list[Axes]) -> None:
+    handles: dict = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 3))
+
+
+def latency_vs_load(plan: dict) -> str | None:
+    """p50/p95/p99 of each latency metric of the plan's sweep points against the offered rate: SLO limits
+    as horizontal lines, the 95% CI of each SLO'd percentile as error bars, misses as hollow markers,
+    failed runs on the x axis, the confirmation run as a star, the max rate at SLO and the operating
+    point as vertical lines."""
+    points = sorted((p for p in plan["points"] if p["state"] == "complete"), key=lambda p: p["rate"])
+    sweep = [p for p in points if p["role"] == "sweep"]
+    failed = [p["rate"] for p in plan["points"] if p["state"] != "complete"]
+    if not sweep:
+        return None
+    metrics = list(dict.fromkeys(m for p in sweep for m in p["latency"]))
+    slo = plan["config"].get("slo") or {}
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        for ax, metric in zip(axes, metrics):
+            values = []
+            for stat, color in PERCENTILE_COLORS.items():
+                rows = [(p["rate"], p["latency"][metric][stat], p) for p in sweep
+                        if p["latency"].get(metric, {}).get(stat) is not None]
+                if not rows:
+                    continue
+                values += [y for _, y, _ in rows]
+                ax.plot([r for r, _, _ in rows], [y for _, y, _ in rows], color=color, linewidth=1.3, label=stat)
+                for passed, face in ((True, color), (False, "white")):
+                    pts = [(r, y) for r, y, p in rows if p["passed"] == passed]
+                    if pts:
+                        ax.scatter(*zip(*pts), s=28, facecolor=face, edgecolor=color, linewidth=1.2, zorder=3)
+                if stat in slo.get(metric, {}):
+                    ci = [(r, y, p["latency"][metric]["ci"][stat]) for r, y, p in rows]
+                    lo = [y - c[0] if c[0] is not None else 0 for _, y, c in ci]
+                    hi = [c[1] - y if c[1] is not None else 0 for _, y, c in ci]
+                    ax.errorbar([r for r, _, _ in ci], [y for _, y, _ in ci], yerr=[lo, hi], fmt="none",
+                                ecolor=color, elinewidth=0.9, capsize=2.5, zorder=2)
+                    ax.axhline(slo[metric][stat], color=color, linestyle=(0, (1, 1.5)), linewidth=1.4,
+                               label=f"SLO {stat} ≤ {slo[metric][stat]:g} {METRICS[metric].unit}")
+                for p in points:
+                    if p["role"] == "confirm" and p["latency"].get(metric, {}).get(stat) is not None:
+                        ax.scatter([p["rate"]], [p["latency"][metric][stat]], s=150, marker="*", color=color,
+                                   edgecolor="black", linewidth=0.6, zorder=4, label="confirmation run")
+            _mark_on_x_axis(ax, failed, "x", FAILED, "run failed")
+            _plan_markers(ax, plan)
+            _rate_axis(ax, [p["rate"] for p in points] + failed)
+            positive = [v for v in values if v > 0]
+            if positive and max(positive) > 30 * min(positive):
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(_thousands)
+                ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+                ax.set_ylabel(axis_label(metric) + " (log scale)")
+            else:
+                ax.set_ylim(bottom=0)
+                ax.set_ylabel(axis_label(metric))
+            ax.set_title(f"{metric} vs offered rate")
+        ax = axes[0]
+        ax.scatter([], [], s=28, facecolor="white", edgecolor="black", label="hollow: point missed")
+        _shared_legend(fig, axes)
+
+    return _render(4.6, len(metrics), draw)
+
+
+def throughput_vs_load(plan: dict) -> str | None:
+    """Achieved against offered request rate (steady state and whole window) with the ideal y = x and
+    the saturation threshold, and output tokens/s against the offered rate."""
+    points = sorted((p for p in plan["points"] if p["state"] == "complete"), key=lambda p: p["rate"])
+    sweep = [p for p in points if p["role"] == "sweep"]
+    if not sweep:
+        return None
+    ratio = plan["sweep"]["saturation_ratio"]
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        req, tok = axes
+        top = max(p["rate"] for p in points) * 1.05
+        req.plot([0, top], [0, top], color=OTHER, linestyle="--", linewidth=1.0, label="achieved = offered")
+        req.plot([0, top], [0, ratio * top], color=MISS, linestyle=":", linewidth=1.2,
+                 label=f"saturation threshold ({ratio:g} x offered)")
+        for key, color, label in (("achieved_req_s", ACCENT, "achieved, middle 80% of the run"),
+                                  ("request_throughput_req_s", INFEASIBLE, "request_throughput_req_s (whole window)")):
+            rows = [(p["rate"], p[key]) for p in sweep if p[key] is not None]
+            if rows:
+                req.plot(*zip(*rows), color=color, marker="o", markersize=4, linewidth=1.2, label=label)
+        rows = [(p["rate"], p["output_throughput_tok_s"]) for p in sweep if p["output_throughput_tok_s"] is not None]
+        if rows:
+            tok.plot(*zip(*rows), color=ACCENT, marker="o", markersize=4, linewidth=1.2)
+        req.set_ylabel("achieved rate (req/s)")
+        req.set_title("Achieved vs offered request rate")
+        tok.set_ylabel(axis_label("output_throughput_tok_s"))
+        tok.set_title("Output throughput vs offered rate")
+        for ax in axes:
+            _plan_markers(ax, plan)
+            ax.set_xlim(0, top)
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("offered rate per replica (req/s)")
+        _shared_legend(fig, axes)
+
+    return _render(4.4, 2, draw)
+
+
+# harness compare: baseline vs current -----------------------------------------------------------
+
+VERDICT_COLORS = {"regressed": FAILED, "improved": PASS, "unchanged": OTHER, "inconclusive": MISS}
+BASELINE_COLOR = "#757575"
+
+
+def change_forest(rows: list) -> str | None:
+    """Each compared metric's change toward worse (%; fractions in percentage points) with its 95% CI,
+    coloured by verdict, over a grey band of ± its threshold. `rows`: harness.compare.MetricComparison."""
+    rows = [m for m in rows if m.change is not None]
+    if not rows:
+        return None
+
+    def worse(m, x: float) -> float:
+        return 100 * (-x if m.higher_is_better else x)
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        for y, m in enumerate(reversed(rows)):
+            ax.fill_betweenx([y - 0.35, y + 0.35], -100 * m.threshold, 100 * m.threshold, color="#eeeeee", linewidth=0)
+            lo, hi = sorted((worse(m, m.ci[0]), worse(m, m.ci[1])))
+            x = worse(m, m.change)
+            color = VERDICT_COLORS[m.verdict]
+            ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=color, capsize=3, markersize=5)
+        ax.axvline(0, color="#424242", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [m.key + ("" if m.gated else " (shown)") for m in reversed(rows)])
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlabel("change toward worse, % (fractions: percentage points); grey: ± threshold")
+        ax.set_title("Change per metric with 95% CI (← better · worse →)")
+        for verdict, color in VERDICT_COLORS.items():
+            ax.plot([], [], "o", color=color, label=verdict)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    return _render(0.9 + 0.32 * len(rows), 1, draw)
+
+
+def cdf_overlay(baseline: list[RequestRecord], current: list[RequestRecord], metrics: list[str]) -> str | None:
+    """Empirical CDFs of each distribution metric, baseline (grey) under current (blue), p95 marked."""
+    data = [(m, measured_values(baseline, m), measured_values(current, m)) for m in metrics]
+    data = [d for d in data if d[1].size or d[2].size]
+    if not data:
+        return None
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        for ax, (metric, base, cur) in zip(axes, data):
+            for values, color, label in ((base, BASELINE_COLOR, "baseline"), (cur, ACCENT, "current")):
+                if values.size:
+                    p95 = float(np.percentile(values, 95))
+                    ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", color=color,
+                            linewidth=1.4, label=f"{label}: p95 {p95:.3g} (n = {values.size:,})")
+                    ax.axvline(p95, color=color, linestyle="--", linewidth=0.9)
+            ax.set_xlabel(axis_label(metric))
+            ax.set_ylabel("fraction ≤ x")
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{metric}: empirical CDF")
+            ax.legend(loc="lower right")
+        for ax in axes[len(data):]:
+            ax.set_visible(False)
+
+    return _render(3.2, len(metrics), draw)
+
+
+def output_rate_overlay(baseline: list[RequestRecord], current: list[RequestRecord], bins: int = 40) -> str | None:
+    """Output tokens per second of measured requests over each run's window (time from its first
+    measured request), baseline (grey) and current (blue): a stall or a slow start shows here."""
+    def series(records: list[RequestRecord]) -> tuple[np.ndarray, np.ndarray] | None:
+        measured = [r for r in records if r.phase == "measured" and r.origin_ns is not None]
+        tokens = np.asarray([t for r in measured if r.ok for t in r.token_ns], dtype=float)
+        if tokens.size == 0:
+            return None
+        start = min(r.origin_ns for r in measured)
+        edges = np.linspace(0.0, (tokens.max() - start) / 1e9, bins + 1)
+        return edges, np.histogram((tokens - start) / 1e9, edges)[0] / np.diff(edges)
+
+    pair = [series(baseline), series(current)]
+    if pair == [None, None]:
+        return None
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        for s, color, label in zip(pair, (BASELINE_COLOR, ACCENT), ("baseline", "current")):
+            if s is not None:
+                ax.stairs(s[1], s[0], color=color, linewidth=1.4, label=label)
+        ax.set_xlabel("time since the first measured request (s)")
+        ax.set_ylabel("output tokens / s")
+        ax.set_title(f"Output token rate over the measured window ({bins} bins per run)")
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 

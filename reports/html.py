@@ -1,4 +1,5 @@
-"""HTML reports: a tuning study (`render_study_report`) and one bench run (`render_run_report`).
+"""HTML reports: a tuning study (`render_study_report`), one bench run (`render_run_report`) and a
+capacity plan (`render_capacity_report`).
 
 Each report is one self-contained HTML string: CSS inline, figures as SVG data URIs, no scripts
 and no external resources. Jinja2 autoescaping is on, so every string that came from data (model
@@ -19,8 +20,7 @@ from markupsafe import Markup, escape
 
 from engine_adapters.trtllm_serve import deployment_snippet
 from harness import __version__
-from harness.config import parse_objective
-from harness.metrics import METRICS, metric_value, summarize
+from harness.metrics import COST_METRICS, METRICS, gpus_per_replica, metric_value, summarize
 from harness.records import RequestRecord, read_records
 from harness.store import TrialFiles
 from harness.summary import StudySummary, TrialRow
@@ -164,12 +164,10 @@ def _trial_records(trial: TrialRow) -> tuple[list[RequestRecord] | None, str | N
 
 
 def _comparison(summary: StudySummary) -> dict:
-    """The best trial against the runner-up (next best SLO-passing trial) and the median completed trial."""
-    best = summary.best
-    unit = METRICS[summary.metric].unit
-    sign = 1 if summary.direction == "maximize" else -1
-    others = sorted((t for t in summary.completed if t.slo_pass and t is not best and t.value is not None),
-                    key=lambda t: (-sign * t.value, t.number))
+    """The best trial against the runner-up (next best SLO-passing trial on the primary objective) and the
+    median completed trial, on the primary objective."""
+    best, runner_up = summary.best, summary.runner_up
+    unit = summary.objectives[0].unit
     valued = [t for t in summary.completed if t.value is not None]
 
     def delta(value):
@@ -186,9 +184,9 @@ def _comparison(summary: StudySummary) -> dict:
 
     rows = [{"label": f"chosen: trial {best.number}", "value": best.value, "delta": None,
              "metrics": _table_metrics(best.result)}]
-    if others:
-        rows.append({"label": f"runner-up: trial {others[0].number}", "value": others[0].value,
-                     "delta": delta(others[0].value), "metrics": _table_metrics(others[0].result)})
+    if runner_up:
+        rows.append({"label": f"runner-up: trial {runner_up.number}", "value": runner_up.value,
+                     "delta": delta(runner_up.value), "metrics": _table_metrics(runner_up.result)})
     median_metrics = []
     for column in zip(*(_table_metrics(t.result) for t in valued)):
         present = [v for v in column if v is not None]
@@ -196,10 +194,35 @@ def _comparison(summary: StudySummary) -> dict:
     median = statistics.median(t.value for t in valued)
     rows.append({"label": f"median of {len(valued)} completed trials", "value": median, "delta": delta(median),
                  "metrics": median_metrics})
-    return {"rows": rows, "runner_up": others[0] if others else None, "n_passing": len(others) + 1,
-            "vs_runner_up": versus(others[0].value, "the runner-up's", others[0].number) if others else None,
+    return {"rows": rows, "runner_up": runner_up,
+            "vs_runner_up": versus(runner_up.value, "the runner-up's", runner_up.number) if runner_up else None,
             "vs_median": versus(median, "the median completed trial's"),
             "n_completed": len(summary.completed)}
+
+
+def _pareto(summary: StudySummary, param_names: list[str]) -> dict | None:
+    """The Pareto section of a multi-objective study: the front's rows (primary objective best first) and figure."""
+    if not summary.multi_objective:
+        return None
+    primary = summary.objectives[0]
+    front = sorted(summary.front, key=lambda t: (-primary.sign * t.value, t.number))
+    return {"rows": [{"trial": t, "params": [t.params.get(p) for p in param_names], "chosen": t is summary.best}
+                     for t in front],
+            "figure": figures.pareto(summary)}
+
+
+def _cost_note(summary: StudySummary) -> str | None:
+    """How the cost objectives counted GPUs (and that a CPU or simulated run counts as 1), when one is used."""
+    if not any(o.metric in COST_METRICS for o in summary.objectives):
+        return None
+    counts = Counter(gpus_per_replica(t.result["engine"]["config"]) for t in summary.completed)
+    shown = ", ".join(f"{n} GPU{'s' if n > 1 else ''} ({k} trial{'s' if k > 1 else ''})"
+                      for n, k in sorted(counts.items()))
+    price = (summary.config.get("search") or {}).get("gpu_hour_cost")
+    return (f"Cost objectives count the GPUs of each trial's engine config as tensor x pipeline parallelism; a config "
+            f"that names no parallelism (an engine on CPU, the simulated engine, a remote server) counts as 1 GPU, "
+            f"so on a CPU machine 'per GPU-hour' means per hour of the whole machine. Counted: {shown or 'none'}."
+            + (f" Price: {format_number(price)} $ per GPU-hour." if price is not None else ""))
 
 
 def _trial_rows(summary: StudySummary, param_names: list[str], chosen: TrialRow | None) -> list[dict]:
@@ -212,7 +235,7 @@ def render_study_report(summary: StudySummary) -> str:
     chosen = summary.best or summary.closest_miss
     param_names = list(dict.fromkeys(p for t in summary.trials for p in t.params))
     states = Counter(t.state for t in summary.trials)
-    _, metric, statistic = parse_objective(summary.objective)
+    primary = summary.objectives[0]
     chosen_view = None
     if chosen is not None:
         records, note = _trial_records(chosen)
@@ -223,8 +246,12 @@ def render_study_report(summary: StudySummary) -> str:
         "title": f"Tuning study: {summary.name}",
         "simulated": summary.simulated,
         "summary": summary,
-        "objective_label": f"{metric} {statistic}" if statistic else metric,
-        "objective_unit": METRICS[metric].unit,
+        "objective_label": primary.label,
+        "objective_unit": primary.unit,
+        "objectives": summary.objectives,
+        "confidence": summary.confidence,
+        "pareto": _pareto(summary, param_names),
+        "cost_note": _cost_note(summary),
         "states": [(s, states[s]) for s in STATE_ORDER if states[s]]
         + [(s, n) for s, n in states.items() if s not in STATE_ORDER],
         "setup": _study_setup(summary),
@@ -254,8 +281,11 @@ def _study_setup(summary: StudySummary) -> list[tuple[str, object]]:
     """The header's key/value rows: engine, space, objective, SLOs, workload."""
     config = summary.config
     engine = config.get("engine") or {}
+    search = config.get("search") or {}
     rows = [("engine", engine.get("kind")), ("model", engine.get("model")), ("search space", summary.space),
-            ("objective", summary.objective), ("trial budget", (config.get("search") or {}).get("trials")),
+            ("objectives" if summary.multi_objective else "objective",
+             "; ".join(o.expression for o in summary.objectives)),
+            ("sampler", search.get("sampler", "tpe")), ("trial budget", search.get("trials")),
             ("SLOs", slo_text(config))]
     return rows + [(f"workload.{k}", v) for k, v in flatten(config.get("workload") or {})]
 
@@ -268,3 +298,35 @@ def render_run_report(result: dict, records: list[RequestRecord], title: str) ->
         "run": _run_view(result, records, None if records else "no request records: no per-request figures"),
     }
     return _ENV.get_template("run.html.j2").render(context)
+
+
+def format_dollars(x) -> str:
+    """20 -> '$20.00', 0.0123 -> '$0.0123' (3 significant digits below a dollar); None -> 'n/a'."""
+    if x is None:
+        return "n/a"
+    return f"${x:,.2f}" if abs(x) >= 1 else f"${format_number(x)}"
+
+
+_ENV.filters["dollars"] = format_dollars
+
+
+def render_capacity_report(plan: dict) -> str:
+    """The capacity report of `harness plan` from its plan.json dict: max rate at SLO and its confirmation,
+    sizing, latency and throughput against the offered rate, every point, config, environment, command."""
+    points = sorted(plan["points"], key=lambda p: (p["role"] != "sweep", p["rate"]))
+    counts = [p["counts"]["measured"] for p in points if p["state"] == "complete"]
+    context = {
+        "title": f"Capacity plan: {plan['name']}",
+        "simulated": plan["simulated"],
+        "plan": plan,
+        "plan_dir": plan["dir"],
+        "points": points,
+        "request_counts": (min(counts), max(counts)) if counts else None,
+        "latency_metrics": list(dict.fromkeys(m for p in points if p["state"] == "complete" for m in p["latency"])),
+        "slo_text": slo_text(plan["config"]),
+        "engine_config": flatten(plan["engine"]["config"]),
+        "workload": flatten(plan["config"]["workload"]),
+        "fingerprint": flatten(plan.get("fingerprint") or {}),
+        "figures": {"latency": figures.latency_vs_load(plan), "throughput": figures.throughput_vs_load(plan)},
+    }
+    return _ENV.get_template("capacity.html.j2").render(context)

@@ -122,7 +122,7 @@ def test_engine_streams_every_token_with_engine_timestamps(harness_cache):
 @pytest.mark.slow
 def test_cancelled_stream_frees_the_engine_and_exit_fails_inflight(harness_cache):
     adapter = TransformersAdapter()
-    config = TransformersConfig(device="cpu", max_batch_size=1)  # "b" runs only once "a" has left the batch
+    config = TransformersConfig(device="cpu", max_batch_size=1, stream_outputs=True)  # "b" runs once "a" has left the batch
 
     def long_request(rid: str) -> RequestSpec:
         return RequestSpec(id=rid, max_output_tokens=3000, prompt_token_ids=(5,) * 4)

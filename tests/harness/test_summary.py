@@ -1,6 +1,7 @@
 """Choosing the recommended trial: SLO filter, noise-level ties broken by headroom, closest miss."""
 from pathlib import Path
 
+from harness.config import parse_objectives
 from harness.summary import StudySummary, TrialRow, choose
 
 
@@ -9,11 +10,12 @@ def trial(number, value, margins, error_rate=0.0):
             "margin": m, "pass": m >= 0} for m in margins]
     result = {"slo": slo, "slo_pass": all(m >= 0 for m in margins) and error_rate == 0,
               "scalars": {"error_rate": error_rate}, "max_error_rate": 0.0}
-    return TrialRow(number, "complete", {"n": number}, value, None, 1.0, Path("."), result)
+    values = list(value) if isinstance(value, tuple) else [value]
+    return TrialRow(number, "complete", {"n": number}, values, None, 1.0, Path("."), result)
 
 
-def summary(*trials, direction="maximize"):
-    s = StudySummary(name="s", objective=f"{direction} goodput_req_s", direction=direction, metric="goodput_req_s",
+def summary(*trials, direction="maximize", objectives=None):
+    s = StudySummary(name="s", objectives=parse_objectives(objectives or f"{direction} goodput_req_s"),
                      config={}, space="x", trials=list(trials))
     choose(s)
     return s
@@ -39,3 +41,31 @@ def test_error_rate_limit_excludes_and_closest_miss_is_named():
     s = summary(trial(0, 50.0, [0.2], error_rate=0.5), trial(1, 40.0, [-0.3]), trial(2, 45.0, [-0.1]))
     assert s.best is None and s.closest_miss.number == 2
     assert "no trial met every SLO; trial 2" in s.choice
+
+
+def test_the_runner_up_is_the_next_best_passing_trial_even_when_a_tie_went_to_headroom():
+    s = summary(trial(0, 31.50, [0.05]), trial(1, 31.52, [0.10]), trial(2, 31.40, [0.60]), trial(3, 40.0, [-0.1]))
+    assert s.best.number == 2 and s.runner_up.number == 1  # trial 3 misses the SLO
+    assert summary(trial(0, 10.0, [0.1])).runner_up is None
+
+
+TWO = ["maximize goodput_req_s", "minimize ttft_ms.p95"]
+
+
+def test_multi_objective_front_and_choice_by_the_first_objective():
+    """(goodput, ttft p95): 3 dominates 0; 4 misses an SLO; the front is 1, 2, 3; 2 has the best goodput."""
+    s = summary(trial(0, (10.0, 300.0), [0.2]), trial(1, (8.0, 100.0), [0.2]), trial(2, (20.0, 400.0), [0.2]),
+                trial(3, (12.0, 250.0), [0.2]), trial(4, (50.0, 50.0), [-0.2]), objectives=TWO)
+    assert [t.number for t in s.front] == [1, 2, 3]
+    assert s.best.number == 2 and s.runner_up.number == 3
+    assert s.choice == ("it is on the Pareto front of the 4 trials that met every SLO (3 on it); "
+                        "of those it has the highest goodput_req_s")
+
+
+def test_multi_objective_tie_on_the_first_objective_goes_to_the_second():
+    s = summary(trial(0, (20.0, 400.0), [0.2]), trial(1, (19.9, 200.0), [0.2]), trial(2, (15.0, 100.0), [0.2]),
+                objectives=TWO)
+    assert [t.number for t in s.front] == [0, 1, 2]
+    assert s.best.number == 1
+    assert "2 of those are within 1% of the best goodput_req_s" in s.choice
+    assert s.choice.endswith("of those it has the lowest ttft_ms p95")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from types import SimpleNamespace
 
@@ -17,6 +18,12 @@ from harness.telemetry import (
 MIB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def _all_gpus_visible(monkeypatch):
+    """The scripted GPUs are all this process's unless a test says otherwise, whatever the runner sets."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 class FakeNVMLError(Exception):
     pass
 
@@ -26,9 +33,10 @@ class FakeGPU:
     None for a metric makes every read of it raise NVMLError (not supported)."""
 
     def __init__(self, name="Fake H100", total=80 * 1024 * MIB, used=(0,), util=(0,),
-                 power_mw=(100_000,), energy_mj=None):
+                 power_mw=(100_000,), energy_mj=None, processes=((),)):
         self.name, self.total = name, total
-        self.script = {"used": used, "util": util, "power_mw": power_mw, "energy_mj": energy_mj}
+        self.script = {"used": used, "util": util, "power_mw": power_mw, "energy_mj": energy_mj,
+                       "processes": processes}
         self.calls = {k: 0 for k in self.script}
 
     def next(self, key):
@@ -80,6 +88,9 @@ class FakeNVML:
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         return h.next("energy_mj")
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in h.next("processes")]
 
     def nvmlSystemGetDriverVersion(self):
         return "550.54.15"
@@ -234,10 +245,11 @@ def test_write_csv(tmp_path):
     path = tmp_path / "telemetry.csv"
     assert sampler.write_csv(path) is True
     rows = list(csv.reader(path.open()))
-    assert rows[0] == CSV_HEADER == ["t_ns", "gpu", "memory_used_bytes", "util_pct", "power_w", "energy_j"]
+    assert rows[0] == CSV_HEADER == ["t_ns", "gpu", "memory_used_bytes", "util_pct", "power_w", "energy_j",
+                                    "process_memory_bytes"]
     assert len(rows) == 1 + 2 * 2
-    assert rows[1] == ["0", "0", str(MIB), "10.0", "", ""]  # unsupported -> empty cell
-    assert rows[4] == ["1000000000", "1", str(3 * MIB), "0.0", "150.5", "2.0"]
+    assert rows[1] == ["0", "0", str(MIB), "10.0", "", "", ""]  # unsupported or not listed -> empty cell
+    assert rows[4] == ["1000000000", "1", str(3 * MIB), "0.0", "150.5", "2.0", ""]
     assert not (tmp_path / "telemetry.csv.tmp").exists()
 
     unavailable = run_scripted(FakeNVML([]), 2)
@@ -271,3 +283,18 @@ def test_mean_falls_back_to_plain_mean_when_no_time_elapsed():
 def test_summary_before_start_is_unavailable():
     s = TelemetrySampler(nvml=FakeNVML([FakeGPU()])).summary()
     assert s["available"] is False and "no GPU telemetry" in s["reason"]
+
+
+def test_process_memory_counts_only_this_process():
+    me, other = os.getpid(), os.getpid() + 1
+    gpu = FakeGPU(used=(10 * 1024 * MIB,), processes=(
+        [(me, 1024 * MIB), (other, 4096 * MIB)], [(me, 3072 * MIB), (other, 4096 * MIB)], [(other, 1 * MIB)]))
+    summary = run_scripted(FakeNVML([gpu]), 3).summary()
+    assert summary["gpus"][0]["process_memory_peak_mib"] == 3072
+
+
+def test_process_memory_is_none_when_nvml_does_not_list_this_process():
+    listed_elsewhere = FakeGPU(processes=([(os.getpid() + 1, 4096 * MIB)],))
+    unsupported = FakeGPU(processes=None)
+    summary = run_scripted(FakeNVML([listed_elsewhere, unsupported]), 3).summary()
+    assert [g["process_memory_peak_mib"] for g in summary["gpus"]] == [None, None]

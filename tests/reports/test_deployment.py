@@ -26,7 +26,7 @@ def summary(tmp_path):
     result["engine"]["kind"] = "trtllm_serve"
     trial_dir = tmp_path / "trials" / "0"
     write_json(trial_dir / "result.json", result)
-    return make_summary([TrialRow(0, "complete", KNOBS, objective_value(result, OBJECTIVE), None, 3.0, trial_dir,
+    return make_summary([TrialRow(0, "complete", KNOBS, [objective_value(result, OBJECTIVE)], None, 3.0, trial_dir,
                                   result)])
 
 

@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from engine_adapters.mock import MockConfig
-from harness.config import EngineSpec, parse_objective
+from harness.config import EngineSpec, parse_objectives
 from harness.fidelity import workload_fidelity
 from harness.metrics import METRICS, SloLimit, compute
 from harness.records import RequestRecord, write_records
 from harness.store import SCHEMA_VERSION, write_json
-from harness.summary import StudySummary, TrialRow
+from harness.summary import StudySummary, TrialRow, choose, runner_up_confidence
 from harness.tuner import objective_value
 from reports import recommended_config, render_run_report, render_study_report, write_recommended
 from reports import figures
@@ -99,27 +99,22 @@ def make_trial(tmp_path: Path, number: int, params: dict, records: list[RequestR
     write_json(tdir / "result.json", result)
     if write_records_file:
         write_records(tdir / "records.jsonl", records)
-    return TrialRow(number, "complete", params, objective_value(result, OBJECTIVE), None, 12.5, tdir, result)
+    return TrialRow(number, "complete", params, [objective_value(result, OBJECTIVE)], None, 12.5, tdir, result)
 
 
 def failed_trial(tmp_path: Path, number: int, params: dict, state: str, reason: str) -> TrialRow:
     return TrialRow(number, state, params, None, reason, 1.0, tmp_path / "trials" / str(number))
 
 
-def make_summary(trials: list[TrialRow], objective: str = OBJECTIVE) -> StudySummary:
-    """A StudySummary choosing best / closest miss the way harness.summary.load_study does."""
-    direction, metric, _ = parse_objective(objective)
+def make_summary(trials: list[TrialRow], objective: str | list[str] = OBJECTIVE, **search) -> StudySummary:
+    """A StudySummary choosing best / closest miss and the confidence the way harness.summary.load_study does."""
     config = {"name": "demo", "engine": {"kind": "mock", "model": "tiny"}, "slo": SLO, "max_error_rate": 0.05,
               "workload": {"kind": "synthetic", "requests": 40},
-              "search": {"space": "mock-default", "trials": len(trials), "objective": objective}}
-    summary = StudySummary(name="demo", objective=objective, direction=direction, metric=metric, config=config,
+              "search": {"space": "mock-default", "trials": len(trials), "objective": objective, **search}}
+    summary = StudySummary(name="demo", objectives=parse_objectives(objective), config=config,
                            space="mock-default", trials=trials)
-    sign = 1 if direction == "maximize" else -1
-    passing = [t for t in summary.completed if t.slo_pass]
-    if passing:
-        summary.best = max(passing, key=lambda t: (sign * t.value, -t.number))
-    elif summary.completed:
-        summary.closest_miss = min(summary.completed, key=lambda t: (t.slo_excess, -sign * t.value, t.number))
+    choose(summary)
+    summary.confidence = runner_up_confidence(summary)
     return summary
 
 
@@ -300,7 +295,7 @@ def test_minimize_objective(tmp_path):
     trials = [make_trial(tmp_path, n, {"max_batch_size": b}, make_records(ttft_ms=ttft))
               for n, (b, ttft) in enumerate([(8, 120.0), (16, 60.0), (32, 90.0)])]
     for t in trials:
-        t.value = objective_value(t.result, objective)
+        t.values = [objective_value(t.result, objective)]
     summary = make_summary(trials, objective)
     assert summary.best.number == 1
     text = unescape(render_study_report(summary))
@@ -393,3 +388,22 @@ def test_distribution_uses_the_metric_definitions():
     svg = base64.b64decode(figures.distribution(records, "itl_ms").split(",", 1)[1]).decode()
     assert svg.startswith("<?xml")
     assert figures.distribution(records, "itl_ms") == figures.distribution(records, "itl_ms")  # deterministic
+
+
+def test_three_objectives_list_the_pareto_front_without_a_figure(tmp_path):
+    """Trial 2 is dominated by trial 1 (more goodput, lower TTFT, same TPOT); the front is 0 and 1."""
+    objectives = ["maximize goodput_req_s", "minimize ttft_ms.p95", "minimize tpot_ms.p95"]
+    trials = [make_trial(tmp_path, n, {"max_batch_size": b}, make_records(rate=rate, ttft_ms=ttft))
+              for n, (b, rate, ttft) in enumerate([(8, 10, 40.0), (16, 20, 80.0), (32, 15, 120.0)])]
+    for t in trials:
+        t.values = [objective_value(t.result, o) for o in objectives]
+    summary = make_summary(trials, objectives)
+    assert [t.number for t in summary.front] == [0, 1] and summary.best.number == 1
+    assert figures.pareto(summary) is None
+    html = render_study_report(summary)
+    section = html[html.index('<section id="pareto">'):html.index('<section id="trials">')]
+    assert "listed, not plotted" in section and "<img" not in section
+    assert '<td class="num">1 ★</td>' in section and '<td class="num">0</td>' in section
+    assert '<td class="num">2</td>' not in section
+    assert "Trial 1: goodput_req_s = " in html and ", tpot_ms p95 = " in html
+    assert 'href="#pareto"' in html and 'id="pareto"' not in render_study_report(make_summary(trials[:1]))
