@@ -99,8 +99,10 @@ def measure_grid(name: str, experiment: dict, space: dict, cache_dir: Path) -> G
     data["search"].update(space="space.yaml", sampler="grid", trials=size, seed=0)
     cfg = parse_config(data, f"{SPEC}: {name}.config")
     tuner = Tuner(cfg, run_dir, config_dir=run_dir.path)
-    if tuner.finished() < size:
-        print(f"{name}: measuring the {size}-point grid in {run_dir.path} ({tuner.finished()} done before)",
+    done = len({point_key(t.params) for t in tuner.study.get_trials(deepcopy=False)
+                if t.state.is_finished() and not t.user_attrs.get("interrupted")})
+    if done < size:
+        print(f"{name}: measuring the {size}-point grid in {run_dir.path} ({done} done before)",
               file=sys.stderr, flush=True)
 
         def on_end(o: TrialOutcome) -> None:

@@ -5,7 +5,8 @@ The service model is iteration-level batching as in real LLM servers: each step 
 `max_num_tokens` budget prefills waiting prompts (chunked). A step takes
 `step_ms + decode_ms_per_seq * decoding + prefill_ms_per_token * prefilled_tokens`.
 A request is admitted only when its whole sequence (prompt + max output) fits in the KV cache,
-whose size is `kv_cache_fraction * kv_pool_tokens`.
+whose size is `kv_cache_fraction * kv_pool_tokens`. With `memory_budget` set, a config whose
+`simulated_memory()` exceeds it fails to start with a simulated out-of-memory error.
 
 `ServiceModel` holds the pure scheduling logic; `MockEngine` runs it in real time on the event
 loop, and `simulate` runs it in virtual time so tests can compute the true answer.
@@ -40,9 +41,20 @@ class MockConfig(EngineConfig):
     fail_every_n: int | None = Field(None, ge=1, description="every n-th request ends with an error")
     start_error: str | None = Field(None, description="raise this message when the engine starts")
     start_delay_s: float = Field(0.0, ge=0, description="sleep this long while starting")
+    memory_budget: float | None = Field(
+        None, gt=0, description="SIMULATED out of memory: starting fails when simulated_memory() exceeds this")
 
     def kv_capacity_tokens(self) -> int:
         return int(self.kv_cache_fraction * self.kv_pool_tokens)
+
+    def simulated_memory(self) -> float:
+        """A made-up memory use that grows with each memory knob: max_batch_size x max_num_tokens x
+        kv_cache_fraction (no unit; compared with `memory_budget`)."""
+        return self.max_batch_size * self.max_num_tokens * self.kv_cache_fraction
+
+
+class SimulatedOutOfMemoryError(RuntimeError):
+    """The mock engine's stand-in for a GPU out-of-memory error at engine start (`MockConfig.memory_budget`)."""
 
 
 @dataclass
@@ -213,6 +225,10 @@ class MockAdapter(EngineAdapter):
             await asyncio.sleep(config.start_delay_s)
         if config.start_error:
             raise RuntimeError(config.start_error)
+        if config.memory_budget is not None and config.simulated_memory() > config.memory_budget:
+            raise SimulatedOutOfMemoryError(
+                f"SIMULATED out of memory: max_batch_size x max_num_tokens x kv_cache_fraction = "
+                f"{config.simulated_memory():g} exceeds the mock's memory_budget {config.memory_budget:g}")
         engine = MockEngine(config)
         engine._loop_task = asyncio.create_task(engine._run())
         try:

@@ -1,6 +1,7 @@
 """`harness` command line: tune, bench, report. Exit codes: 0 ok, 1 failure/SLO miss where asked, 2 bad input."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,7 @@ from rich.table import Table
 from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
 from harness.store import RunDir, TrialFiles, read_json, write_json, write_text_atomic, write_yaml
+from harness.summary import TUNE_COMMAND_ATTR
 from harness.tuner import GRACE_HEARTBEATS, HEARTBEAT_S, TrialOutcome, Tuner, ctrl_c_latch, run_trial_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -51,12 +53,16 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
     rdir = RunDir(run_dir or _default_run_dir(cfg))
     tuner = Tuner(cfg, rdir, config_dir=config.parent, storage=storage, study=study,
                   gpus=gpus.split(",") if gpus is not None else None, heartbeat_s=heartbeat_s)
+    command = ["harness", "tune", str(config), "--run-dir", str(rdir.path)] + \
+        (["--storage", tuner.storage_label] if storage else []) + (["--study", study] if study else []) + \
+        (["--gpus", gpus] if gpus is not None else []) + (["--trials", str(trials)] if trials is not None else [])
+    tuner.study.set_user_attr(TUNE_COMMAND_ATTR, shlex.join(command))  # for the report's "Reproduce" section
     storage = storage and tuner.storage_url
     already = tuner.finished()
     console.print(f"[bold]harness tune[/] {cfg.name}: engine [cyan]{cfg.engine.kind}[/] model "
                   f"[cyan]{cfg.engine.model or '-'}[/], space {tuner.space.name}, objective "
                   f"{'; '.join(o.expression for o in cfg.search.objectives)}, "
-                  f"{cfg.search.trials} trials -> {rdir.path}")
+                  f"{cfg.search.trials} trials{_extras(cfg)} -> {rdir.path}")
     if storage:
         console.print(f"study {tuner.study.study_name!r} in {tuner.storage_label}, shared with any other worker on it")
     if tuner.gpus:
@@ -75,13 +81,14 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
 
     def on_end(o: TrialOutcome) -> None:
         progress.update(task, completed=tuner.finished())
+        repeat = f" (repeat of trial {o.repeat_of})" if o.repeat_of is not None else ""
         if o.state == "complete":
             values = " ".join(f"{obj.label}={_fmt(v)}" for obj, v in zip(cfg.search.objectives, o.values))
-            progress.console.print(f"  trial {o.number} [green]complete[/] {values} ({o.duration_s:.0f} s) "
+            progress.console.print(f"  trial {o.number}{repeat} [green]complete[/] {values} ({o.duration_s:.0f} s) "
                                    f"{_params(o.params)}")
         else:
-            colour = "yellow" if o.state == "infeasible" else "red"
-            progress.console.print(f"  trial {o.number} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
+            colour = "yellow" if o.state in ("infeasible", "pruned") else "red"
+            progress.console.print(f"  trial {o.number}{repeat} [{colour}]{o.state}[/]: {escape(o.reason or '')}")
 
     with progress, ctrl_c_latch():
         task = progress.add_task("tuning", total=cfg.search.trials, completed=already, status="")
@@ -93,6 +100,21 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
             _write_outputs(rdir, storage)
             raise typer.Exit(130)
     _write_outputs(rdir, storage)
+
+
+def _extras(cfg: ExperimentConfig) -> str:
+    """The header's note on probes and repeat measurements, e.g. ' (+ up to 2 repeat runs of the best configs)'."""
+    notes = []
+    if cfg.search.probe:
+        notes.append(f"each judged after a probe of its first {cfg.search.probe.requests} requests")
+        in_flight = getattr(cfg.workload.arrival, "concurrency", None)
+        if in_flight and cfg.search.probe.requests < 4 * in_flight:
+            notes.append(f"[yellow]a probe of fewer than 4 x {in_flight} requests in flight is mostly ramp-up: "
+                         "its numbers may rank configs wrongly[/]")
+    if cfg.search.repeats:
+        notes.append(f"+ up to {cfg.search.repeats.top * cfg.search.repeats.runs} repeat runs of the best configs, "
+                     "not counted in the budget")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _params(params: dict) -> str:
@@ -127,7 +149,10 @@ def _print_summary(summary) -> None:
         d = t.result["distributions"] if t.result else {}
         s = t.result["scalars"] if t.result else {}
         star = "*" if summary.best is t else ""
-        table.add_row(f"{t.number}{star}", t.state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
+        state = t.state + (" (OOM)" if t.out_of_memory else "") + \
+            (f", repeat of {t.repeat_of}" if t.repeat_of is not None else "") + \
+            (f", {t.engine_change}" if t.engine_change else "")
+        table.add_row(f"{t.number}{star}", state, _fmt(t.value), _fmt(d.get("ttft_ms", {}).get("p95")),
                       _fmt(d.get("tpot_ms", {}).get("p95")), _fmt(s.get("output_throughput_tok_s")),
                       ("pass" if t.slo_pass else "miss") if t.result else "-",
                       *(escape(_fmt(t.params[p]) if isinstance(t.params.get(p), float) else str(t.params.get(p, "")))
@@ -136,6 +161,10 @@ def _print_summary(summary) -> None:
     for t in summary.trials:
         if t.reason:
             console.print(f"  trial {t.number} {t.state}: {escape(t.reason)}", highlight=False)
+    starts = summary.engine_starts()
+    if starts:
+        console.print("engine start (completed trials): " + "; ".join(
+            f"{change} {len(s)}x, mean {sum(s) / len(s):.1f} s" for change, s in sorted(starts.items())))
     chosen = summary.best or summary.closest_miss
     if chosen is not None:
         label = "[bold green]recommended[/]" if summary.best else "[red]no trial met the SLOs[/]; closest miss"
@@ -185,7 +214,8 @@ def _write_run_report(out_dir: Path, result: dict) -> None:
     from reports import render_run_report
 
     records = read_records(out_dir / TrialFiles.RECORDS)
-    write_text_atomic(out_dir / "report.html", render_run_report(result, records, title=f"{result['name']}: bench"))
+    write_text_atomic(out_dir / "report.html", render_run_report(result, records, title=f"{result['name']}: bench",
+                                                                 telemetry_csv=out_dir / TrialFiles.TELEMETRY))
 
 
 @app.command()

@@ -63,6 +63,25 @@ class RunnerSpec(_Strict):
     client_processes: int = Field(1, ge=1, description="client processes sharing the load (remote engines only)")
 
 
+class ProbeSpec(_Strict):
+    """Multi-fidelity: each trial is judged, while it goes on, on its run until its first `requests` were done."""
+
+    requests: int = Field(ge=1, description="the probe is the run until the workload's first N requests (warm-up "
+                                            "included) are done")
+    keep_best_percent: float = Field(
+        50.0, gt=0, le=100, description="a trial whose probe is not within the best this-many percent of the probes "
+        "of completed trials that met every SLO is stopped (pruned); 50: the median")
+    startup_trials: int = Field(4, ge=1, description="no trial is pruned until this many completed trials that met "
+                                                     "every SLO have a probe")
+
+
+class RepeatSpec(_Strict):
+    """After the trial budget: measure the best configs again, to guard the recommendation against noise."""
+
+    top: int = Field(ge=1, description="how many of the best configs that met every SLO are measured again")
+    runs: int = Field(1, ge=1, description="extra measurements of each")
+
+
 class SearchSpec(_Strict):
     space: str = Field(description="bundled space name or path to a space YAML")
     trials: int = Field(12, ge=1)
@@ -76,6 +95,10 @@ class SearchSpec(_Strict):
     gpu_hour_cost: float | None = Field(
         None, gt=0, description="price of one GPU-hour in dollars, for the objective output_tok_per_dollar")
     seed: int = 0
+    probe: ProbeSpec | None = Field(None, description="stop clearly worse trials after a short probe "
+                                                      "(single objective only)")
+    repeats: RepeatSpec | None = Field(None, description="extra measurements of the best configs after the budget "
+                                                         "(not counted in `trials`)")
 
     @field_validator("objective")
     @classmethod
@@ -92,6 +115,13 @@ class SearchSpec(_Strict):
         if len(set(targets)) < len(targets):
             raise ValueError(f"an objective is listed twice: {texts}")
         return v
+
+    @model_validator(mode="after")
+    def _probe_needs_one_objective(self):
+        if self.probe is not None and len(self.objectives) > 1:
+            raise ValueError("probe: pruning compares one objective; a multi-objective study measures every trial in "
+                             "full (drop search.probe or list one objective)")
+        return self
 
     @model_validator(mode="after")
     def _cost_is_priced(self):
@@ -197,14 +227,33 @@ class ExperimentConfig(_Strict):
                              f"the {self.engine.kind} engine runs inside the client process")
         return self
 
+    @model_validator(mode="after")
+    def _probe_fits_the_workload(self):
+        probe = self.search and self.search.probe
+        if probe is None:
+            return self
+        if probe.requests <= self.workload.warmup_requests:
+            raise ValueError(f"search.probe.requests ({probe.requests}) must exceed workload.warmup_requests "
+                             f"({self.workload.warmup_requests}): the probe measures the requests after the warm-up")
+        total = getattr(self.workload, "requests", None)
+        if total is not None and probe.requests >= total:
+            raise ValueError(f"search.probe.requests ({probe.requests}) must be fewer than workload.requests ({total})")
+        if self.runner.client_processes > 1:
+            raise ValueError("search.probe needs runner.client_processes: 1 (the probe is taken in the client process)")
+        return self
+
     def slo_limits(self) -> list[SloLimit]:
         return [SloLimit(m, s, float(lim)) for m, stats in self.slo.items() for s, lim in stats.items()]
 
     def fingerprint(self) -> str:
-        """Hash of everything that defines the study except the trial budget (resume must match it)."""
+        """Hash of everything that defines the study except its budget, `search.trials` and `search.repeats`
+        (resume must match it). An unset `search.probe` is left out, so studies made before it existed resume."""
         data = self.model_dump(mode="json")
         if data.get("search"):
             data["search"].pop("trials", None)
+            data["search"].pop("repeats", None)
+            if data["search"]["probe"] is None:
+                del data["search"]["probe"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,11 +9,18 @@ objective, the one with the most SLO headroom (largest smallest margin) wins, th
 number. So the primary (first) objective decides unless it is a tie within noise. When no trial
 passes, nothing is recommended and the closest miss (smallest total relative SLO excess) is named.
 
+With repeat measurements (`search.repeats`), only the configs measured again are candidates: each
+decides by the mean of its measurements' objective values, meets the SLOs only if every measurement
+did, and has the smallest headroom of its measurements.
+
 The runner-up is the best other passing trial on the primary objective, and `runner_up_confidence`
 says how sure it is that the chosen trial beats it there (a bootstrap over the runs' requests).
+`param_importance` says which knobs set the best trials apart (Optuna's PED-ANOVA).
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +33,7 @@ from harness.errors import ConfigError
 from harness.metrics import COST_METRICS, METRICS, SloLimit, cost_factor, request_meets_slo, request_values
 from harness.records import RequestRecord, read_records
 from harness.store import RunDir, TrialFiles, read_json
-from harness.tuner import constraint_violations
+from harness.tuner import PROBE_STEP, constraint_violations
 
 TIE_TOLERANCE = 0.01
 BOOTSTRAP_RESAMPLES = 1000
@@ -35,12 +42,13 @@ BOOTSTRAP_SEED = 0
 _STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "infeasible",
            optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
            optuna.trial.TrialState.WAITING: "queued"}
+_FINISHED = ("complete", "failed", "infeasible", "pruned")
 
 
 @dataclass
 class TrialRow:
     number: int
-    state: str  # complete | failed | infeasible | interrupted | running | queued
+    state: str  # complete | failed | infeasible | pruned (after its probe) | interrupted | running | queued
     params: dict
     values: list[float] | None  # complete: every objective's value, primary first
     reason: str | None
@@ -48,6 +56,11 @@ class TrialRow:
     dir: Path
     result: dict | None = None
     warm_start: str | None = None  # where a queued first point came from (see Tuner._enqueue_warm_start)
+    repeat_of: int | None = None  # a repeat measurement of that trial's config (`search.repeats`)
+    repeats: list[TrialRow] = field(default_factory=list)  # this trial's finished repeat measurements
+    out_of_memory: bool = False  # failed with an out-of-memory error (its region is not launched again)
+    probe_value: float | None = None  # the primary objective on its probe (`search.probe`); NaN: undefined
+    engine_change: str | None = None  # rebuild | restart: what starting its engine took (Tuner._engine_change)
 
     @property
     def value(self) -> float | None:
@@ -69,6 +82,32 @@ class TrialRow:
         """Sum of relative SLO overshoots (0 when every SLO is met)."""
         return sum(max(v, 0.0) for v in constraint_violations(self.result).values()) if self.result else float("inf")
 
+    @property
+    def measurements(self) -> list[TrialRow]:
+        """This config's finished measurements: this trial and its repeats."""
+        return [self, *self.repeats]
+
+    @property
+    def mean_values(self) -> list[float] | None:
+        """Each objective's mean over the completed measurements (without repeats: `values`)."""
+        runs = [m.values for m in self.measurements if m.values]
+        return [float(v) for v in np.mean(runs, axis=0)] if runs else None
+
+    @property
+    def passes_every_run(self) -> bool:
+        """Every measurement completed and met every SLO (without repeats: `slo_pass`)."""
+        return all(m.state == "complete" and m.slo_pass for m in self.measurements)
+
+    @property
+    def worst_headroom(self) -> float:
+        """The smallest `slo_headroom` over the measurements."""
+        return min(m.slo_headroom for m in self.measurements)
+
+    @property
+    def worst_excess(self) -> float:
+        """The largest `slo_excess` over the measurements (inf when one did not complete)."""
+        return max(m.slo_excess for m in self.measurements)
+
 
 @dataclass(frozen=True)
 class Confidence:
@@ -77,6 +116,16 @@ class Confidence:
     runner_up: int  # its trial number
     probability: float | None  # None when it could not be computed (`method` says why)
     method: str
+
+
+@dataclass(frozen=True)
+class ParamImportance:
+    """Which knobs set the best trials apart (`param_importance`)."""
+
+    shares: dict[str, float]  # knob -> its share of the summed importance, largest first; empty when not computed
+    trials: int  # completed trials it rests on
+    top: int  # how many of them count as the best (IMPORTANCE_TOP_QUANTILE rounded up, at least IMPORTANCE_MIN_TOP)
+    reason: str | None = None  # why it was not computed
 
 
 @dataclass
@@ -92,6 +141,9 @@ class StudySummary:
     front: list[TrialRow] = field(default_factory=list)  # several objectives: the SLO-passing Pareto front
     runner_up: TrialRow | None = None  # the best other SLO-passing trial on the primary objective
     confidence: Confidence | None = None
+    importance: ParamImportance | None = None
+    command: str | None = None  # the `harness tune` command that last ran the study (None: not recorded)
+    run_dir: Path | None = None
 
     @property
     def objective(self) -> str:
@@ -118,6 +170,15 @@ class StudySummary:
     def simulated(self) -> bool:
         return any(t.result and t.result.get("simulated") for t in self.trials)
 
+    def engine_starts(self) -> dict[str, list[float]]:
+        """Measured engine start times (result.json `engine_start_s`) of the completed trials, by what starting
+        took: {'rebuild': [...], 'restart': [...]}; empty when the engine builds nothing."""
+        starts: dict[str, list[float]] = {}
+        for t in self.completed:
+            if t.engine_change:
+                starts.setdefault(t.engine_change, []).append(t.result["engine_start_s"])
+        return starts
+
 
 def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
     """Read the study in `run_dir` (or `storage`) and each trial's result.json."""
@@ -125,45 +186,102 @@ def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
     config = study.user_attrs["config"]
     rows = []
     for t in study.get_trials(deepcopy=False):
-        state = "interrupted" if t.user_attrs.get("interrupted") else _STATES.get(t.state, t.state.name.lower())
+        state = "interrupted" if t.user_attrs.get("interrupted") else \
+            "pruned" if t.user_attrs.get("pruned_by_probe") else _STATES.get(t.state, t.state.name.lower())
         tdir = run_dir.trial_dir(t.number)
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        rows.append(TrialRow(t.number, state, dict(t.params), list(t.values) if t.values else None,
+        values = list(t.values) if t.values and state == "complete" else None  # Optuna gives a pruned one its probe
+        rows.append(TrialRow(t.number, state, dict(t.params), values,
                              t.user_attrs.get("reason"), duration, tdir,
                              read_json(tdir / TrialFiles.RESULT) if state == "complete" else None,
-                             t.user_attrs.get("warm_start")))
+                             t.user_attrs.get("warm_start"), repeat_of=t.user_attrs.get("repeat_of"),
+                             out_of_memory=bool(t.user_attrs.get("out_of_memory")),
+                             probe_value=t.intermediate_values.get(PROBE_STEP),
+                             engine_change=t.user_attrs.get("engine_change")))
+    by_number = {row.number: row for row in rows}
+    for row in rows:
+        if row.repeat_of in by_number and row.state in _FINISHED:
+            by_number[row.repeat_of].repeats.append(row)
     summary = StudySummary(name=config["name"], objectives=parse_objectives(config["search"]["objective"]),
-                           config=config, space=config["search"]["space"], trials=rows)
+                           config=config, space=config["search"]["space"], trials=rows,
+                           command=study.user_attrs.get(TUNE_COMMAND_ATTR), run_dir=run_dir.path)
     choose(summary)
     summary.confidence = runner_up_confidence(summary)
+    summary.importance = param_importance(study, summary)
     return summary
+
+
+#: The study user attribute holding the `harness tune` command line that last ran the study (set by the CLI).
+TUNE_COMMAND_ATTR = "tune_command"
+#: The share of completed trials that count as the best for `param_importance` (PED-ANOVA's own default), and the
+#: fewest that do (one best trial would only say how unusual its own values are).
+IMPORTANCE_TOP_QUANTILE = 0.1
+IMPORTANCE_MIN_TOP = 2
+
+
+def param_importance(study: optuna.Study, summary: StudySummary) -> ParamImportance:
+    """Optuna's parameter importances (`PedAnovaImportanceEvaluator`, its default, which needs no scikit-learn) of
+    the knobs that vary across the completed trials, normalized to sum to 1.
+
+    The trials are ranked the way `choose` ranks them: those that met every SLO first, by the primary objective,
+    then those that missed one, by the primary objective. A knob is important when its values among the best
+    IMPORTANCE_TOP_QUANTILE of trials (at least IMPORTANCE_MIN_TOP) differ from its values among all of them. Not
+    computed (`reason` says why) with too few completed trials for a best set smaller than all, when no knob
+    varies, or when the best trials' values match the rest's."""
+    completed = [t for t in summary.completed if t.values]
+    top = max(math.ceil(IMPORTANCE_TOP_QUANTILE * len(completed)), IMPORTANCE_MIN_TOP)
+    varying = [p for p in dict.fromkeys(p for t in completed for p in t.params)
+               if len({repr(t.params.get(p)) for t in completed}) > 1]
+    if len(completed) <= top:
+        return ParamImportance({}, len(completed), top, f"{len(completed)} completed trial(s): importance compares "
+                               f"the best {top} with all of them, so it needs at least {top + 1}")
+    if not varying:
+        return ParamImportance({}, len(completed), top, "no knob took more than one value across the completed trials")
+    sign = summary.objectives[0].sign
+    keys = {t.number: (not t.slo_pass, -sign * t.value) for t in completed}
+    rank = {key: i for i, key in enumerate(sorted(set(keys.values())))}
+    with warnings.catch_warnings():  # PED-ANOVA warns that a target is minimized (as meant) and on few trials
+        warnings.simplefilter("ignore")
+        raw = optuna.importance.get_param_importances(
+            study, params=varying, normalize=False, target=lambda t: float(rank[keys[t.number]]),
+            # PED-ANOVA keeps the best ceil(quantile x n) trials (and ties): this quantile keeps `top`
+            evaluator=optuna.importance.PedAnovaImportanceEvaluator(target_quantile=(top - 0.5) / len(completed)))
+    total = sum(raw.values())
+    if total <= 0:
+        return ParamImportance({}, len(completed), top, f"the knob values of the best {top} trial(s) do not stand "
+                               f"out from those of all {len(completed)} (too few trials to tell)")
+    return ParamImportance({p: v / total for p, v in raw.items()}, len(completed), top)
 
 
 def choose(summary: StudySummary) -> None:
     """Set `best`, `choice`, `front`, `runner_up` and `closest_miss` on `summary` by the module docstring's rule."""
     objectives = summary.objectives
     primary = objectives[0]
-    passing = [t for t in summary.completed if t.slo_pass]
+    candidates = [t for t in summary.completed if t.repeat_of is None]
+    if any(t.repeats for t in candidates):
+        candidates = [t for t in candidates if t.repeats]
+    passing = [t for t in candidates if t.passes_every_run]
     if not passing:
-        if summary.completed:
-            summary.closest_miss = min(summary.completed,
-                                       key=lambda t: (t.slo_excess, -primary.sign * t.value, t.number))
+        if candidates:
+            summary.closest_miss = min(candidates,
+                                       key=lambda t: (t.worst_excess, -primary.sign * t.mean_values[0], t.number))
             summary.choice = (f"no trial met every SLO; trial {summary.closest_miss.number} overshoots them least "
-                              f"(total relative excess {summary.closest_miss.slo_excess:.1%})")
+                              f"(total relative excess {summary.closest_miss.worst_excess:.1%}"
+                              f"{' in its worst measurement' if summary.closest_miss.repeats else ''})")
         return
     if summary.multi_objective:
         summary.front = [passing[i] for i in pareto_front([_signed(t, objectives) for t in passing])]
     pool, ties = (summary.front or passing), []
     for k, objective in enumerate(objectives):
-        top = max(objective.sign * t.values[k] for t in pool)
-        pool = [t for t in pool if objective.sign * t.values[k] >= top - TIE_TOLERANCE * abs(top)]
+        top = max(objective.sign * t.mean_values[k] for t in pool)
+        pool = [t for t in pool if objective.sign * t.mean_values[k] >= top - TIE_TOLERANCE * abs(top)]
         ties.append(len(pool))
         if len(pool) == 1:
             break
-    summary.best = best = max(pool, key=lambda t: (t.slo_headroom, -t.number))
+    summary.best = best = max(pool, key=lambda t: (t.worst_headroom, -t.number))
     others = [t for t in passing if t is not best]
-    summary.runner_up = max(others, key=lambda t: (primary.sign * t.value, -t.number)) if others else None
+    summary.runner_up = max(others, key=lambda t: (primary.sign * t.mean_values[0], -t.number)) if others else None
     summary.choice = _choice_text(summary, len(passing), ties)
 
 
@@ -172,25 +290,41 @@ def _choice_text(summary: StudySummary, n_passing: int, ties: list[int]) -> str:
     def best_word(objective: Objective) -> str:
         return "highest" if objective.sign > 0 else "lowest"
 
-    headroom = f"the most SLO headroom (smallest margin {summary.best.slo_headroom:.1%})"
+    headroom = f"the most SLO headroom (smallest margin {summary.best.worst_headroom:.1%})"
     primary = summary.objectives[0]
+    repeated = bool(summary.best.repeats)
+    trials = "configs measured again that met every SLO in every measurement" if repeated else \
+        "trials that met every SLO"
+    mean = "mean " if repeated else ""
     if not summary.multi_objective:
         if ties[0] == 1:
-            return f"it has the {best_word(primary)} {primary.label} of the {n_passing} trials that met every SLO"
-        return (f"{ties[0]} of the {n_passing} trials that met every SLO are within {TIE_TOLERANCE:.0%} of the best "
-                f"{primary.label} (a tie within measurement noise); of those it has {headroom}")
-    text = f"it is on the Pareto front of the {n_passing} trials that met every SLO ({len(summary.front)} on it)"
+            text = f"it has the {best_word(primary)} {mean}{primary.label} of the {n_passing} {trials}"
+        else:
+            text = (f"{ties[0]} of the {n_passing} {trials} are within {TIE_TOLERANCE:.0%} of the best {mean}"
+                    f"{primary.label} (a tie within measurement noise); of those it has {headroom}")
+        return text + _repeats_text(summary.best, primary)
+    text = f"it is on the Pareto front of the {n_passing} {trials} ({len(summary.front)} on it)"
     for objective, n_tied in zip(summary.objectives, ties):
         if n_tied == 1:
-            return text + f"; of those it has the {best_word(objective)} {objective.label}"
-        text += (f"; {n_tied} of those are within {TIE_TOLERANCE:.0%} of the best {objective.label} "
+            return text + f"; of those it has the {best_word(objective)} {mean}{objective.label}" + \
+                _repeats_text(summary.best, primary)
+        text += (f"; {n_tied} of those are within {TIE_TOLERANCE:.0%} of the best {mean}{objective.label} "
                  "(a tie within measurement noise)")
-    return text + f"; of those it has {headroom}"
+    return text + f"; of those it has {headroom}" + _repeats_text(summary.best, primary)
+
+
+def _repeats_text(trial: TrialRow, objective: Objective) -> str:
+    """'; its mean over 3 measurements ...' for a trial with repeats; '' without."""
+    if not trial.repeats:
+        return ""
+    values = [m.values[0] for m in trial.measurements if m.values]
+    return (f"; its {objective.label} is the mean of {len(values)} measurements (trial {trial.number} and its repeats "
+            f"{', '.join(str(r.number) for r in trial.repeats)}), which ranged {min(values):.4g} to {max(values):.4g}")
 
 
 def _signed(trial: TrialRow, objectives: list[Objective]) -> list[float]:
-    """The trial's objective values, each negated where lower is better (so larger is always better)."""
-    return [o.sign * v for o, v in zip(objectives, trial.values)]
+    """The trial's (mean) objective values, each negated where lower is better (so larger is always better)."""
+    return [o.sign * v for o, v in zip(objectives, trial.mean_values)]
 
 
 def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:

@@ -1,12 +1,19 @@
 """One measurement: start the engine from a config, run the workload, write the trial files.
 
-Runs in its own process (`python -m harness.trial TRIAL_DIR`), so a crash, an OOM or a hang ends
-only this trial. Contract with the parent: `config.yaml` is read; on success `records.jsonl`,
-optionally `telemetry.csv`, and last `result.json` are written; on a handled failure
+Runs in its own process (`python -m harness.trial TRIAL_DIR [--probe-requests N]`), so a crash, an
+OOM or a hang ends only this trial. Contract with the parent: `config.yaml` is read; on success
+`records.jsonl`, optionally `telemetry.csv`, and last `result.json` are written; on a handled failure
 `failure.json` {kind: infeasible|preflight|error, reason} is written and the exit code is non-zero.
+With `--probe-requests N`, the run up to the moment T its first N requests were all done is written
+to `probe.jsonl` (PROBE_RECORDS) while the run goes on: the records of every request that ended by T,
+not only the first N (those finish in batches alongside later ones, and leaving the later ones out
+would understate the throughput of configs that run many requests at once). It is written when the
+first request ending after T is done, so that those ending at T are in. The tuner judges the trial
+on it and may stop it.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import os
@@ -32,6 +39,10 @@ from harness.telemetry import TelemetrySampler, driver_info, energy_per_output_t
 from workloads import Closed
 
 
+#: The probe's records in a trial directory (see the module docstring).
+PROBE_RECORDS = "probe.jsonl"
+
+
 class Infeasible(HarnessError):
     """The adapter's check says this config cannot run on this hardware."""
 
@@ -47,8 +58,9 @@ def _log(msg: str) -> None:
     print(f"[harness {dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
-    """Run `cfg` once and write the trial files into `out_dir`; return the result dict."""
+async def measure(cfg: ExperimentConfig, out_dir: Path, probe_requests: int | None = None) -> dict:
+    """Run `cfg` once and write the trial files into `out_dir`; return the result dict. With `probe_requests`,
+    also write the probe records (see the module docstring)."""
     adapter = get_adapter(cfg.engine.kind)
     engine_cfg = cfg.engine.resolve()
     reason = adapter.check(engine_cfg, Hardware.detect(), cfg.workload.max_sequence_tokens())
@@ -72,12 +84,15 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
             _log("preflight request ok")
         arrival = cfg.workload.arrival
         done = 0
+        probe = _Probe(out_dir / PROBE_RECORDS, specs, probe_requests) if probe_requests else None
 
         def on_done(record: RequestRecord) -> None:
             nonlocal done
             done += 1
             if done % max(len(specs) // 10, 1) == 0 or done == len(specs):
                 _log(f"{done}/{len(specs)} requests done")
+            if probe:
+                probe.done(record)
 
         closed = isinstance(arrival, Closed)
         load = {"concurrency": arrival.concurrency if closed else None,
@@ -91,6 +106,10 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
                                                      specs, cfg.runner.client_processes, **load)
             else:
                 records, t0_ns = await run(engine, specs, on_done=on_done, **load)
+    if probe:
+        probe.write()  # when no request ended after the first ones, it is written now
+        if probe.writing:
+            await probe.writing
     metrics = compute(records, cfg.slo_limits())
     fidelity = workload_fidelity(source, specs, records)
     telemetry_summary = telemetry.summary()
@@ -126,12 +145,45 @@ async def measure(cfg: ExperimentConfig, out_dir: Path) -> dict:
     return result
 
 
-def main(trial_dir: str) -> int:
+class _Probe:
+    """Collects the records of requests as they end, and writes the probe (see the module docstring) to `path` on
+    a worker thread (`writing`), so the client's event loop is not held up. A workload of no more specs than
+    `requests`: no probe (logged)."""
+
+    def __init__(self, path: Path, specs: list, requests: int):
+        self.path, self.first, self.ended = path, {s.id for s in specs[:requests]}, []
+        self.t_ns: int | None = None  # when the first `requests` were all done
+        self.writing: asyncio.Future | None = None
+        self.skipped = requests >= len(specs)
+        if self.skipped:
+            _log(f"no probe: the workload has {len(specs)} requests, not more than the probe's {requests}")
+
+    def done(self, record: RequestRecord) -> None:
+        if self.skipped or self.writing is not None:
+            return
+        self.ended.append(record)
+        if self.t_ns is None:
+            self.first.discard(record.id)
+            if not self.first:
+                self.t_ns = max(r.end_ns or 0 for r in self.ended)
+        elif (record.end_ns or 0) > self.t_ns:
+            self.write()
+
+    def write(self) -> None:
+        """Write the probe now (a no-op before the first requests are all done, or once written)."""
+        if self.t_ns is None or self.writing is not None:
+            return
+        probe = [r for r in self.ended if (r.end_ns or 0) <= self.t_ns]
+        _log(f"probe: {len(probe)} requests had ended when the first ones were all done")
+        self.writing = asyncio.get_running_loop().run_in_executor(None, write_records, self.path, probe)
+
+
+def main(trial_dir: str, probe_requests: int | None = None) -> int:
     out = Path(trial_dir)
     os.environ[TRIAL_DIR_ENV] = str(out.resolve())  # where engines that launch a server write its log
     try:
         cfg = load_config(out / TrialFiles.CONFIG)
-        result = run_event_loop(measure(cfg, out))
+        result = run_event_loop(measure(cfg, out, probe_requests))
     except Infeasible as exc:
         kind, reason = "infeasible", str(exc)
     except PreflightError as exc:
@@ -149,4 +201,8 @@ def main(trial_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(prog="python -m harness.trial", description=__doc__.splitlines()[0])
+    parser.add_argument("trial_dir")
+    parser.add_argument("--probe-requests", type=int, help="write the first N requests' records to " + PROBE_RECORDS)
+    args = parser.parse_args()
+    sys.exit(main(args.trial_dir, args.probe_requests))

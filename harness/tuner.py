@@ -1,11 +1,25 @@
 """The Optuna study: ask for a config, run it as a subprocess trial, tell the result.
 
 Trial states: COMPLETE (measured; objective = the metric, SLO misses are constraint violations),
-PRUNED (infeasible: broke a space rule or the adapter's check; never launched, or refused by the
-engine's own check), FAIL (the engine raised, crashed, failed preflight or exceeded
-`trial_timeout_s`; reason recorded). The study lives in SQLite in the run dir (or `--storage`);
-running the same command again resumes it: finished trials are kept, a trial cut off by a kill
-or Ctrl-C is marked failed ("interrupted") and its params are queued to run again.
+PRUNED (infeasible: broke a space rule or the adapter's check, or lies in the out-of-memory region
+of an earlier trial; never launched, or refused by the engine's own check; or, with `search.probe`,
+stopped after its probe: user attr `pruned_by_probe`), FAIL (the engine raised, crashed, failed
+preflight or exceeded `trial_timeout_s`; reason recorded; user attr `out_of_memory` when the reason
+or the log's end reads as an out-of-memory error). The study lives in SQLite in the run dir (or
+`--storage`); running the same command again resumes it: finished trials are kept, a trial cut off
+by a kill or Ctrl-C is marked failed ("interrupted") and its params are queued to run again.
+
+Cost and robustness (README "How tuning works"):
+- Out-of-memory regions: a trial that ran out of memory marks every point at least as large in each
+  of the space's `memory_knobs`, the other knobs equal, as infeasible (`SearchSpace.in_oom_region`):
+  such points are rejected before launch and cost no budget.
+- Probe (`search.probe`, one objective): each trial writes its run up to the moment its first N
+  requests were done to `probe.jsonl` (harness.trial); the tuner reports the objective on it to
+  Optuna at step PROBE_STEP and asks the pruner (`ProbePruner`); a pruned trial is killed at once.
+- Repeats (`search.repeats`): once every budget trial has ended, the best configs that met every SLO
+  are queued again (user attr `repeat_of`), outside the budget; the summary decides on their means.
+- Rebuild or restart: for engines that build and cache an engine (the space's `rebuild` knobs), each
+  launched trial notes whether it needs a new build (user attr `engine_change`).
 
 Scaling out (README "Scaling out"): on a server database (`--storage postgresql://...`) any number of
 workers on any machines share one study. Each worker keeps Optuna's heartbeat for the trials it runs;
@@ -24,19 +38,23 @@ import fcntl
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
@@ -44,8 +62,10 @@ from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
 from engine_adapters import Hardware, get_adapter
 from harness.config import ExperimentConfig, SearchSpec, parse_objective
 from harness.errors import ConfigError
-from harness.metrics import COST_METRICS, cost_factor, metric_value
+from harness.metrics import COST_METRICS, compute, cost_factor, metric_value
+from harness.records import read_records
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
+from harness.trial import PROBE_RECORDS
 from search_spaces import SearchSpace, SpaceError, load_space
 from workloads import TokenSpace
 
@@ -83,11 +103,12 @@ def _raise_if_ctrl_c() -> None:
 @dataclass
 class TrialOutcome:
     number: int
-    state: str  # complete | failed | infeasible
+    state: str  # complete | failed | infeasible | pruned (stopped after its probe)
     params: dict
     values: list[float] | None = None  # complete: every objective's value, primary first
     reason: str | None = None
     duration_s: float = 0.0
+    repeat_of: int | None = None  # a repeat measurement of this trial's config (`search.repeats`)
 
     @property
     def value(self) -> float | None:
@@ -145,26 +166,33 @@ def _die_with_parent() -> None:
 
 
 def run_trial_process(trial_dir: Path, timeout_s: float, on_log: Callable[[str], None] | None = None, *,
-                      env: dict[str, str] | None = None,
-                      stop: threading.Event | None = None) -> tuple[str, str | None]:
+                      env: dict[str, str] | None = None, stop: threading.Event | None = None,
+                      probe_requests: int | None = None,
+                      on_probe: Callable[[], str | None] | None = None) -> tuple[str, str | None]:
     """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
 
     The child gets its own process group so a timeout or Ctrl-C kills the engine with it, and dies
     with the harness if the harness is killed, so no orphan holds the GPU. `on_log` gets the last
     line of the trial's log about twice a second (for progress display). `env` is added to the
     child's environment (and noted at the top of its log); setting `stop` kills the child and raises
-    KeyboardInterrupt, like Ctrl-C.
+    KeyboardInterrupt, like Ctrl-C. With `probe_requests`, the trial writes its probe to PROBE_RECORDS
+    (harness.trial); `on_probe()` is then called once, while the trial goes on, and a reason returned
+    kills the trial: ("pruned", reason).
     """
+    argv = [sys.executable, "-m", "harness.trial", str(trial_dir)]
+    if probe_requests is not None:
+        argv += ["--probe-requests", str(probe_requests)]
     with (trial_dir / TrialFiles.LOG).open("ab") as log:
         if env:
             log.write(f"[harness {time.strftime('%H:%M:%S')}] trial environment: "
                       f"{' '.join(f'{k}={v}' for k, v in env.items())}\n".encode())
             log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)], stdout=log,
+        proc = subprocess.Popen(argv, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         deadline = time.monotonic() + timeout_s
+        probed = on_probe is None
         try:
             while (code := proc.poll()) is None:
                 _raise_if_ctrl_c()
@@ -173,6 +201,12 @@ def run_trial_process(trial_dir: Path, timeout_s: float, on_log: Callable[[str],
                 if time.monotonic() > deadline:
                     _kill_group(proc)
                     return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
+                if not probed and (trial_dir / PROBE_RECORDS).exists():
+                    probed = True
+                    if (reason := on_probe()) is not None:
+                        _kill_group(proc)
+                        if not (trial_dir / TrialFiles.RESULT).exists():  # else it finished meanwhile: keep it
+                            return "pruned", reason
                 if on_log:
                     on_log(_log_tail(trial_dir / TrialFiles.LOG, lines=1))
                 time.sleep(0.5)
@@ -202,12 +236,63 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _log_tail(path: Path, lines: int = 3) -> str:
+def _log_tail(path: Path, lines: int = 3, max_chars: int = 500) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except FileNotFoundError:
         return ""
-    return " | ".join(text[-lines:])[-500:]
+    return " | ".join(text[-lines:])[-max_chars:]
+
+
+#: Out-of-memory errors as CUDA, PyTorch, TensorRT(-LLM) and the mock engine word them, e.g. "torch.OutOfMemoryError:
+#: CUDA out of memory", "[TensorRT-LLM][ERROR] CUDA runtime error in ...: out of memory", "SIMULATED out of memory".
+_OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation",
+                            re.IGNORECASE)
+#: Lines at the end of a failed trial's log searched for an out-of-memory error (a crash may print no reason).
+OOM_LOG_LINES = 40
+
+
+def out_of_memory(reason: str, log: Path) -> bool:
+    """Whether a failed trial ran out of memory: its reason or the last OOM_LOG_LINES lines of its log name an
+    out-of-memory error."""
+    return bool(_OUT_OF_MEMORY.search(reason) or
+                _OUT_OF_MEMORY.search(_log_tail(log, OOM_LOG_LINES, max_chars=100_000)))
+
+
+#: The step at which a trial's probe is reported to Optuna (`Trial.report`).
+PROBE_STEP = 0
+
+
+class ProbePruner(optuna.pruners.BasePruner):
+    """Prunes a single-objective trial whose probe (its intermediate value at PROBE_STEP) is worse than the
+    `keep_best_percent` best of the probes of completed trials that met every SLO, once `startup_trials` of those
+    have one; an undefined probe (NaN: no request of it completed) is worse than any.
+
+    Optuna's PercentilePruner compares with every completed trial, also those that missed an SLO, whose objective
+    (throughput, say) may be the highest precisely because they were overloaded; this one leaves them out."""
+
+    def __init__(self, keep_best_percent: float, startup_trials: int, direction: str):
+        self.keep_best_percent, self.startup_trials = keep_best_percent, startup_trials
+        self.sign = 1 if direction == "maximize" else -1
+
+    def threshold(self, study: optuna.Study) -> tuple[float, int] | None:
+        """(the probe value a trial must reach, how many probes it rests on), or None while fewer than
+        `startup_trials` completed trials that met every SLO have a probe."""
+        peers = [t.intermediate_values[PROBE_STEP]
+                 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.user_attrs.get("slo_pass") and PROBE_STEP in t.intermediate_values
+                 and not math.isnan(t.intermediate_values[PROBE_STEP])]
+        if len(peers) < self.startup_trials:
+            return None
+        worst_kept = 100 - self.keep_best_percent if self.sign > 0 else self.keep_best_percent
+        return float(np.percentile(peers, worst_kept)), len(peers)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        value = trial.intermediate_values.get(PROBE_STEP)
+        threshold = self.threshold(study)
+        if value is None or threshold is None:
+            return False
+        return math.isnan(value) or self.sign * value < self.sign * threshold[0]
 
 
 #: Random trials before TPE starts modelling.
@@ -294,6 +379,8 @@ class _Launch:
     gpus_needed: int = 0
     gpus: list[str] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
+    repeat_of: int | None = None  # a repeat measurement of that trial's config (`search.repeats`)
+    probe_reported: bool = False  # its probe value was reported to the study
 
 
 class Tuner:
@@ -339,12 +426,18 @@ class Tuner:
         self.study = optuna.create_study(study_name=study or cfg.name,
                                          storage=self._open_storage(storage or run_dir.storage_url(), heartbeat_s),
                                          sampler=sampler, directions=[o.direction for o in cfg.search.objectives],
-                                         load_if_exists=True)
+                                         pruner=self._make_pruner(cfg.search), load_if_exists=True)
         self._heartbeats = is_heartbeat_enabled(self.study._storage)
         with self._study_lock():  # two workers starting a new study at once set it up once
             self._check_same_experiment()
             if not self.study.trials:
                 self._enqueue_warm_start()
+
+    @staticmethod
+    def _make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
+        if search.probe is None:
+            return optuna.pruners.NopPruner()
+        return ProbePruner(search.probe.keep_best_percent, search.probe.startup_trials, search.objectives[0].direction)
 
     def _open_storage(self, url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         """The study's storage. A server database gets Optuna's heartbeats (to tell a dead worker's trials from
@@ -449,7 +542,9 @@ class Tuner:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # its worker told it meanwhile
             return
-        self.study.enqueue_trial(trial.params, skip_if_exists=False)
+        repeat_of = trial.user_attrs.get("repeat_of")
+        self.study.enqueue_trial(trial.params, skip_if_exists=False,
+                                 user_attrs=None if repeat_of is None else {"repeat_of": repeat_of})
 
     def _recover_interrupted(self) -> None:
         """At start: trials a stopped worker left RUNNING are marked interrupted and queued again. A SQLite study
@@ -472,15 +567,59 @@ class Tuner:
                 self._mark_interrupted(trial_id, self._lost_reason)
 
     def finished(self) -> int:
-        """Trials that count toward the budget: those launched that completed, or failed for a reason other than
-        interruption. Points rejected before launch (rules, adapter checks) cost nothing and do not count."""
+        """Trials that count toward the budget: those launched that completed, were stopped after their probe, or
+        failed for a reason other than interruption. Points rejected before launch (rules, adapter checks,
+        out-of-memory regions) cost nothing and do not count, nor do repeat measurements (`search.repeats`)."""
         done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
         return sum(1 for t in self.study.get_trials(deepcopy=False, states=done)
-                   if not t.user_attrs.get("interrupted") and not t.user_attrs.get("rejected_before_launch"))
+                   if not t.user_attrs.get("interrupted") and not t.user_attrs.get("rejected_before_launch")
+                   and "repeat_of" not in t.user_attrs)
 
-    def running(self) -> int:
-        """Trials running now on every worker of the study (this one's included)."""
-        return len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    def running(self, repeats: bool = True) -> int:
+        """Trials running now on every worker of the study (this one's included); `repeats=False`: budget trials
+        only, not repeat measurements."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if repeats or "repeat_of" not in t.user_attrs)
+
+    def _budget_spent(self) -> bool:
+        """The finished budget trials plus those running on every worker fill `search.trials` (or every grid point
+        is tried or running)."""
+        running = self.running(repeats=False)
+        return self.finished() + running >= self.cfg.search.trials or self._grid_done(running)
+
+    def _repeats_missing(self) -> list[optuna.trial.FrozenTrial]:
+        """The trials whose config is still to be queued for a repeat measurement, once per missing repeat: of the
+        completed budget trials that met every SLO, best first by the primary objective, the first of each of the
+        `search.repeats.top` best distinct configs, each until it has `repeats.runs` repeats (queued, running or
+        finished, whatever their outcome). Empty without `search.repeats`."""
+        spec = self.cfg.search.repeats
+        if spec is None:
+            return []
+        trials = self.study.get_trials(deepcopy=False)
+        have = Counter(t.user_attrs["repeat_of"] for t in trials
+                       if "repeat_of" in t.user_attrs and not t.user_attrs.get("interrupted"))
+        sign = self.cfg.search.objectives[0].sign
+        passing = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("slo_pass")
+                   and "repeat_of" not in t.user_attrs]
+        best: dict[tuple, optuna.trial.FrozenTrial] = {}  # distinct config -> its best trial, best first
+        for t in sorted(passing, key=lambda t: (-sign * t.values[0], t.number)):
+            best.setdefault(tuple(sorted(t.params.items())), t)
+        return [t for t in list(best.values())[:spec.top] for _ in range(spec.runs - have[t.number])]
+
+    def _queue_repeats(self) -> bool:
+        """Once no budget trial runs on any worker (the best configs are known): queue the missing repeat
+        measurements (user attr `repeat_of`); whether a repeat waits to run. Call under the study lock."""
+        if self.running(repeats=False):
+            return False
+        for t in self._repeats_missing():
+            self.study.enqueue_trial(t.params, user_attrs={"repeat_of": t.number}, skip_if_exists=False)
+        return any("repeat_of" in t.user_attrs
+                   for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+    def _done(self) -> bool:
+        """Nothing is left to run on any worker: the budget is spent, no trial runs, no repeat waits or is missing."""
+        with self._study_lock():
+            return self._budget_spent() and not self.running() and not self._queue_repeats()
 
     def _grid_done(self, running: int = 0) -> bool:
         """A grid search has tried every point of the grid (launched or rejected before launch), counting
@@ -492,15 +631,15 @@ class Tuner:
         return len(tried) + running >= self.grid_size
 
     def _ask(self) -> _Launch | None:
-        """A new trial with its heartbeat going, or None while the budget is taken: the finished trials plus those
-        running on every worker fill `search.trials` (or every grid point is tried or running)."""
+        """A new trial with its heartbeat going, or None while the budget is taken (`_budget_spent`) and no repeat
+        measurement waits to run (`_queue_repeats`)."""
         self._recover_lost()
         with self._study_lock():  # so that no other worker counts and asks in between
-            running = self.running()
-            if self.finished() + running >= self.cfg.search.trials or self._grid_done(running):
+            if self._budget_spent() and not self._queue_repeats():
                 return None
             trial = self.study.ask()
-        launch = _Launch(trial, get_heartbeat_thread(trial._trial_id, self.study._storage))
+        launch = _Launch(trial, get_heartbeat_thread(trial._trial_id, self.study._storage),
+                         repeat_of=trial.user_attrs.get("repeat_of"))
         launch.heartbeat.start()
         return launch
 
@@ -517,8 +656,8 @@ class Tuner:
     def run(self, on_start: Callable[[int, dict], None] | None = None,
             on_end: Callable[[TrialOutcome], None] | None = None,
             on_log: Callable[[str], None] | None = None) -> None:
-        """Run trials until the study holds `search.trials` finished ones, whichever worker ran them; safe to
-        interrupt and call again.
+        """Run trials until the study holds `search.trials` finished ones, whichever worker ran them, then the
+        repeat measurements of `search.repeats`; safe to interrupt and call again.
 
         Without `gpus` one trial runs at a time. With them, trials run side by side, each on the first free ids
         of `gpus` it needs (`gpus_needed`, in CUDA_VISIBLE_DEVICES, with CUDA_DEVICE_ORDER=PCI_BUS_ID unless set,
@@ -545,7 +684,7 @@ class Tuner:
                     if waiting is None and len(in_flight) < max(len(self.gpus), 1):
                         waiting = self._next_launch(on_start, on_end)
                         if waiting is None and not in_flight:
-                            if self.finished() >= self.cfg.search.trials or self._grid_done():
+                            if self._done():
                                 return
                             if on_log:
                                 on_log(f"waiting for {self.running()} trial(s) on other workers")
@@ -580,7 +719,7 @@ class Tuner:
                 launch.params = self.space.suggest(launch.trial)
                 if on_start:
                     on_start(launch.trial.number, launch.params)
-                reason, launch.gpus_needed = self._launch_check(launch.params)
+                reason, launch.gpus_needed = self._launch_check(launch.params, oom_region=launch.repeat_of is None)
                 if not reason:
                     self._rejected_in_a_row = 0
                     return launch
@@ -590,7 +729,8 @@ class Tuner:
             except BaseException:
                 self._interrupt(launch)
                 raise
-            self._end(launch, TrialOutcome(launch.trial.number, "infeasible", launch.params, reason=reason), on_end)
+            self._end(launch, TrialOutcome(launch.trial.number, "infeasible", launch.params, reason=reason,
+                                           repeat_of=launch.repeat_of), on_end)
             self._rejected_in_a_row += 1
             if self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
                 raise ConfigError(f"search.space: the last {self._rejected_in_a_row} points sampled were all "
@@ -598,12 +738,15 @@ class Tuner:
                                   "config")
         return None
 
-    def _launch_check(self, params: dict) -> tuple[str | None, int]:
+    def _launch_check(self, params: dict, oom_region: bool = True) -> tuple[str | None, int]:
         """Why `params` cannot be launched here (None when they can), and how many of `gpus` they need (0 when
-        the tuner assigns no GPUs)."""
+        the tuner assigns no GPUs). `oom_region`: also reject points in an earlier trial's out-of-memory region
+        (not for repeats, whose config ran)."""
         gpus = len(self.gpus) or max(self.hardware.gpu_count, 1)
         if rule := self.space.broken_rule(params, gpus):
             return f"breaks search-space rule: {rule}", 0
+        if oom_region and (why := self._oom_region_reason(params)):
+            return why, 0
         try:
             engine_cfg = self.cfg.engine.resolve(params)
         except ValueError as exc:
@@ -615,38 +758,99 @@ class Tuner:
         return (self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens()),
                 need if self.gpus else 0)
 
+    def _oom_region_reason(self, params: dict) -> str | None:
+        """Why `params` are not launched when they lie in the out-of-memory region of an earlier trial (one that
+        failed with `out_of_memory`; see SearchSpace.in_oom_region), else None."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+            if t.user_attrs.get("out_of_memory") and self.space.in_oom_region(params, t.params):
+                larger = ", ".join(f"{k} {params[k]:g} >= {t.params[k]:g}" for k in self.space.memory_knobs
+                                   if k in params)
+                return (f"dominates OOM trial {t.number}" + (f" ({larger}; the other knobs equal)" if larger else
+                                                             " (the same config)") +
+                        ": it would need at least the memory that trial ran out of")
+        return None
+
+    def _build_key(self, params: dict) -> tuple | None:
+        return self.space.build_key(params, self.cfg.engine.resolve(params).model_dump(mode="json"))
+
+    def _engine_change(self, params: dict) -> str | None:
+        """What starting the engine of `params` takes (SearchSpace.build_key): 'restart' when an earlier trial of the
+        study with the same build knobs got its engine up (completed, or stopped after its probe), so the engine
+        comes from the engine cache; 'rebuild' when none did; None when the engine builds nothing."""
+        if (key := self._build_key(params)) is None:
+            return None
+        ran = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED))
+        return "restart" if any((t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("pruned_by_probe"))
+                                and self._build_key(t.params) == key for t in ran) else "rebuild"
+
+    def _report_probe(self, launch: _Launch) -> float | None:
+        """The primary objective on the trial's probe records (None when undefined), reported to the study at
+        PROBE_STEP (undefined as NaN)."""
+        records = read_records(self.run_dir.trial_dir(launch.trial.number) / PROBE_RECORDS)
+        probe = {**compute(records, self.cfg.slo_limits()),
+                 "engine": {"config": self.cfg.engine.resolve(launch.params).model_dump(mode="json")}}
+        value = objective_value(probe, self.cfg.search.objectives[0].expression, self.cfg.search.gpu_hour_cost)
+        launch.trial.report(math.nan if value is None else value, PROBE_STEP)
+        launch.probe_reported = True
+        return value
+
+    def _judge_probe(self, launch: _Launch) -> str | None:
+        """Report the trial's probe and ask the study's pruner (ProbePruner): why to stop the trial, or None."""
+        value = self._report_probe(launch)
+        if not launch.trial.should_prune():
+            return None
+        probe, objective = self.cfg.search.probe, self.cfg.search.objectives[0]
+        threshold, peers = self.study.pruner.threshold(self.study)
+        shown = "undefined (no measured request of it completed)" if value is None else f"{value:.4g}"
+        return (f"probe: {objective.label} {shown} until its first {probe.requests} requests were done is not within "
+                f"the best {probe.keep_best_percent:g}% of the probes of the {peers} completed trials that met every "
+                f"SLO (threshold {threshold:.4g}); stopped early")
+
     def _launch(self, pool: ThreadPoolExecutor, launch: _Launch, on_log: Callable[[str], None] | None) -> Future:
         """Write the trial's config and start its process on a pool thread, on `launch.gpus` when it has any."""
         trial_dir = self.run_dir.trial_dir(launch.trial.number)
         if trial_dir.exists():  # leftovers of an interrupted attempt with this number
-            for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.RECORDS, TrialFiles.TELEMETRY):
+            for name in (TrialFiles.RESULT, TrialFiles.FAILURE, TrialFiles.RECORDS, TrialFiles.TELEMETRY,
+                         PROBE_RECORDS):
                 (trial_dir / name).unlink(missing_ok=True)
         trial_cfg = self.cfg.model_dump(mode="json", exclude={"search"})
         trial_cfg["engine"]["params"] = {**trial_cfg["engine"]["params"], **launch.params}
         write_yaml(trial_dir / TrialFiles.CONFIG, trial_cfg)
+        if change := self._engine_change(launch.params):
+            launch.trial.set_user_attr("engine_change", change)
         env = None
         if self.gpus:
             launch.trial.set_user_attr("gpus", launch.gpus)
             env = {"CUDA_VISIBLE_DEVICES": ",".join(launch.gpus),
                    "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}
+        probe = self.cfg.search.probe if launch.repeat_of is None else None  # a repeat is measured in full
         # The pool's threads live until run() ends, so the trial's parent-death signal fires only if the harness dies.
         return pool.submit(run_trial_process, trial_dir, self.cfg.search.trial_timeout_s, on_log, env=env,
-                           stop=self._stop)
+                           stop=self._stop, probe_requests=probe.requests if probe else None,
+                           on_probe=partial(self._judge_probe, launch) if probe else None)
 
     def _record(self, launch: _Launch, state: str, reason: str | None) -> TrialOutcome:
         """Tell the study how a launched trial ended."""
         trial, number, params = launch.trial, launch.trial.number, launch.params
         trial_dir = self.run_dir.trial_dir(number)
+        outcome = partial(TrialOutcome, number, params=params, repeat_of=launch.repeat_of)
         try:
             if state != "complete":
                 trial.set_user_attr("reason", reason)
-                tstate = optuna.trial.TrialState.PRUNED if state == "infeasible" else optuna.trial.TrialState.FAIL
+                if state == "pruned":
+                    trial.set_user_attr("pruned_by_probe", True)
+                elif state == "failed" and out_of_memory(reason, trial_dir / TrialFiles.LOG):
+                    trial.set_user_attr("out_of_memory", True)
+                tstate = optuna.trial.TrialState.FAIL if state == "failed" else optuna.trial.TrialState.PRUNED
                 self.study.tell(trial, state=tstate)
-                return TrialOutcome(number, state, params, reason=reason)
+                return outcome(state=state, reason=reason)
+            if not launch.probe_reported and (trial_dir / PROBE_RECORDS).exists():  # it ended before it was judged
+                self._report_probe(launch)  # as a peer for later trials' probes
             values = tell_result(self.study, trial, read_json(trial_dir / TrialFiles.RESULT), self.cfg.search)
         except optuna.exceptions.UpdateFinishedTrialError:  # no heartbeat got through for the grace period
-            return TrialOutcome(number, "failed", params, reason="another worker took this trial as lost and queued "
-                                "it again (this worker's heartbeats did not reach the database); not counted")
+            return outcome(state="failed", reason="another worker took this trial as lost and queued it again (this "
+                           "worker's heartbeats did not reach the database); not counted")
         if values is None:
-            return TrialOutcome(number, "failed", params, reason=UNDEFINED_OBJECTIVE)
-        return TrialOutcome(number, "complete", params, values=values)
+            return outcome(state="failed", reason=UNDEFINED_OBJECTIVE)
+        return outcome(state="complete", values=values)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from typing import Callable
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator, ScalarFormatter
+from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from harness.metrics import METRICS, OBJECTIVE_METRICS, metric_value, request_values, summarize
 from harness.records import RequestRecord
-from harness.summary import StudySummary
+from harness.summary import ParamImportance, StudySummary, TrialRow
 from harness.summary import pareto_front as non_dominated
 
 WIDTH_IN = 9.0  # about 860 px in a browser; readable scaled down to ~700 px
@@ -42,12 +44,13 @@ def _thousands(x: float, _pos: int) -> str:
     return f"{x:,g}"
 
 
-def _render(height_in: float, ncols: int, draw: Callable[[Figure, list[Axes]], None]) -> str:
-    """Create a figure with `ncols` axes, let `draw` fill it, and return it as an SVG data URI."""
+def _render(height_in: float, ncols: int, draw: Callable[[Figure, list[Axes]], None], nrows: int = 1) -> str:
+    """Create a figure with `nrows` x `ncols` axes (passed row by row), let `draw` fill it, and return it as an
+    SVG data URI."""
     with matplotlib.rc_context(_STYLE):
         fig = Figure(figsize=(WIDTH_IN, height_in), layout="constrained")
         FigureCanvasAgg(fig)
-        axes = list(fig.subplots(1, ncols, squeeze=False)[0])
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
         draw(fig, axes)
         for ax in axes:
             for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
@@ -56,6 +59,18 @@ def _render(height_in: float, ncols: int, draw: Callable[[Figure, list[Axes]], N
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _log_scale(ax: Axes, which: str) -> None:
+    """Make the x or y axis logarithmic (call it once the data is drawn), labelled like linear axes ('1,000'):
+    ticked at 1, 2 and 5 x 10^k when the data spans under 100x, else at powers of 10 only; no minor-tick labels
+    (they overlap)."""
+    lo, hi = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5) if 0 < lo and hi < 100 * lo else (1,)))
+    axis.set_major_formatter(_thousands)
+    axis.set_minor_formatter(NullFormatter())
 
 
 def axis_label(metric: str, statistic: str | None = None) -> str:
@@ -100,7 +115,7 @@ def objective_history(summary: StudySummary) -> str | None:
         for state, marker, color in (("failed", "x", FAILED), ("infeasible", "s", INFEASIBLE)):
             _mark_on_x_axis(ax, [t.number for t in unvalued if t.state == state], marker, color, state)
         others = [t.number for t in unvalued if t.state not in ("failed", "infeasible")]
-        _mark_on_x_axis(ax, others, "o", OTHER, "no value")
+        _mark_on_x_axis(ax, others, "o", OTHER, "other state")
         ax.set_xlabel("trial number")
         ax.set_ylabel(axis_label(primary.metric, primary.statistic))
         kind = "Primary objective" if summary.multi_objective else "Objective"
@@ -165,7 +180,7 @@ def tradeoff(summary: StudySummary) -> str | None:
             xs = [r[0] for r in rows]
             wide = bool(xs) and min(xs) > 0 and max(xs) > 30 * min(xs)
             if wide:
-                ax.set_xscale("log")
+                _log_scale(ax, "x")
             else:
                 ax.set_xlim(left=0)
             ax.set_xlabel(axis_label(metric, "p95") + (" (log scale)" if wide else ""))
@@ -233,6 +248,100 @@ def _label_points(ax: Axes, points: list[tuple[float, float, str]]) -> None:
                 break
 
 
+# (b2) which knobs mattered: parameter importance, each knob against the objective -----------------
+
+def param_importance(importance: ParamImportance) -> str | None:
+    """Each knob's share of the summed importance as horizontal bars, largest on top; None when not computed."""
+    if not importance.shares:
+        return None
+    names = list(importance.shares)[::-1]
+    shares = [100 * importance.shares[n] for n in names]
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        bars = ax.barh(names, shares, color=ACCENT, height=0.6)
+        ax.bar_label(bars, labels=[f"{v:.0f}%" for v in shares], padding=3, fontsize=8.5)
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("share of the summed importance (%)")
+        ax.set_title(f"Parameter importance (PED-ANOVA): the best {importance.top} of {importance.trials} "
+                     "completed trials against all of them")
+        ax.grid(axis="y", visible=False)
+
+    return _render(1.0 + 0.3 * len(names), 1, draw)
+
+
+KNOB_COLUMNS = 3  # panels per row of `knob_effects`
+
+
+def _category(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _knob_positions(trials: list[TrialRow], knob: str) -> tuple[dict[int, float], list[str] | None]:
+    """x of each trial (by number) that has `knob`, and the category names when the knob is not numeric (None
+    when it is). Within a category the trials spread sideways in trial order, so equal values stay visible."""
+    have = [t for t in trials if t.params.get(knob) is not None]
+    if all(isinstance(t.params[knob], (int, float)) and not isinstance(t.params[knob], bool) for t in have):
+        return {t.number: float(t.params[knob]) for t in have}, None
+    names = sorted({_category(t.params[knob]) for t in have})
+    x: dict[int, float] = {}
+    for i, name in enumerate(names):
+        group = [t for t in have if _category(t.params[knob]) == name]
+        for k, t in enumerate(group):
+            x[t.number] = i + (0.5 * k / (len(group) - 1) - 0.25 if len(group) > 1 else 0.0)
+    return x, names
+
+
+def knob_effects(summary: StudySummary, knobs: list[str]) -> str | None:
+    """One panel per tuned knob: each completed trial's primary objective against the knob's value (filled: met
+    every SLO; hollow: missed one; the chosen trial starred), trials without a value (failed, infeasible, others
+    such as interrupted) marked on the x axis at their value. Text and true/false knobs are categories (a strip); a numeric knob spanning more
+    than 20x gets a log axis. None without knobs or trials."""
+    trials = [t for t in summary.trials if t.params]
+    if not knobs or not trials:
+        return None
+    primary = summary.objectives[0]
+    valued = [t for t in trials if t.state == "complete" and t.value is not None]
+    unvalued = [t for t in trials if t.state != "complete" or t.value is None]
+    chosen = summary.best or summary.closest_miss
+    ncols = min(len(knobs), KNOB_COLUMNS)
+    nrows = math.ceil(len(knobs) / KNOB_COLUMNS)
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        for i, (ax, knob) in enumerate(zip(axes, knobs)):
+            x, names = _knob_positions(trials, knob)
+            for passed, face, label in ((True, PASS, "met SLOs"), (False, "none", "missed an SLO")):
+                pts = [t for t in valued if t.slo_pass == passed and t.number in x]
+                if pts:
+                    ax.scatter([x[t.number] for t in pts], [t.value for t in pts], s=30, facecolor=face,
+                               edgecolor=PASS if passed else MISS, linewidth=1.3, zorder=3, label=label)
+            if chosen is not None and chosen.value is not None and chosen.number in x:
+                ax.scatter([x[chosen.number]], [chosen.value], s=180, marker="*", color="#fdd835", edgecolor="black",
+                           linewidth=0.8, zorder=4,
+                           label=f"{'chosen' if summary.best else 'closest miss'}: trial {chosen.number}")
+            for state, marker, color in (("failed", "x", FAILED), ("infeasible", "s", INFEASIBLE)):
+                _mark_on_x_axis(ax, [x[t.number] for t in unvalued if t.state == state and t.number in x],
+                                marker, color, state)
+            _mark_on_x_axis(ax, [x[t.number] for t in unvalued if t.state not in ("failed", "infeasible")
+                                 and t.number in x], "o", OTHER, "other state")
+            if names is not None:
+                ax.set_xticks(range(len(names)), names)
+                ax.set_xlim(-0.5, len(names) - 0.5)
+                ax.grid(axis="x", visible=False)
+            elif x and min(x.values()) > 0 and max(x.values()) > 20 * min(x.values()):
+                _log_scale(ax, "x")
+            if valued and min(t.value for t in valued) >= 0:
+                ax.set_ylim(bottom=0)
+            ax.set_xlabel(knob + (" (log scale)" if ax.get_xscale() == "log" else ""))
+            if i % ncols == 0:
+                ax.set_ylabel(axis_label(primary.metric, primary.statistic))
+        for ax in axes[len(knobs):]:
+            ax.set_visible(False)
+        _shared_legend(fig, axes)
+
+    return _render(0.6 + 2.4 * nrows, ncols, draw, nrows=nrows)
+
+
 # (c, d) latency distributions of one run -------------------------------------------------------
 
 def measured_values(records: list[RequestRecord], metric: str) -> np.ndarray:
@@ -268,7 +377,7 @@ def distribution(records: list[RequestRecord], metric: str) -> str | None:
                            label=f"{p} = {stats[p]:.3g} {unit}")
             ax.set_xlabel(axis_label(metric) + (" (log scale)" if log_x else ""))
             if log_x:
-                ax.set_xscale("log")
+                _log_scale(ax, "x")
         hist.set_title(f"{metric}: histogram (n = {values.size:,} {per})")
         cdf.set_title(f"{metric}: empirical CDF")
         cdf.legend(loc="lower right")
@@ -334,6 +443,69 @@ def arrival_rate(records: list[RequestRecord]) -> str | None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
     return _render(3.0, 1, draw)
+
+
+# (f2) TTFT against prompt length; GPU memory and utilization over the run ------------------------
+
+def ttft_vs_input(records: list[RequestRecord]) -> str | None:
+    """Each successful measured request's TTFT against its prompt length: a rising floor is prefill cost, scatter
+    above it is queueing. None without a measured request that has both."""
+    pts = [(r.input_tokens, request_values("ttft_ms", r)[0]) for r in records
+           if r.phase == "measured" and r.input_tokens is not None and request_values("ttft_ms", r)]
+    if not pts:
+        return None
+    ttft = [y for _, y in pts]
+    log_y = min(ttft) > 0 and max(ttft) > 30 * min(ttft)
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        ax = axes[0]
+        ax.scatter(*zip(*pts), s=10, color=ACCENT, alpha=0.6, linewidth=0)
+        if log_y:
+            _log_scale(ax, "y")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("input tokens")
+        ax.set_ylabel(axis_label("ttft_ms") + (" (log scale)" if log_y else ""))
+        ax.set_title(f"TTFT vs input length ({len(pts):,} successful measured requests)")
+
+    return _render(3.2, 1, draw)
+
+
+GPU_COLORS = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#9e9d24")
+_GIB = 1024 ** 3
+
+
+def gpu_timeline(samples: pd.DataFrame, gpus: list[dict]) -> str | None:
+    """GPU memory and utilization over the run from telemetry.csv samples (columns of harness.telemetry.CSV_HEADER),
+    one colour per GPU: memory used solid, the engine process's own share dashed (where NVML reported it), the
+    GPU's total memory (from `gpus`, the result's telemetry summary) dotted. None without samples."""
+    if samples.empty:
+        return None
+    totals = {g["index"]: g.get("memory_total_mib") for g in gpus}
+
+    def draw(fig: Figure, axes: list[Axes]) -> None:
+        mem, util = axes
+        for i, (gpu, rows) in enumerate(samples.groupby("gpu", sort=True)):
+            color, t = GPU_COLORS[i % len(GPU_COLORS)], rows["t_ns"] / 1e9
+            mem.plot(t, rows["memory_used_bytes"] / _GIB, color=color, linewidth=1.4, label=f"GPU {gpu}: used")
+            if rows.get("process_memory_bytes") is not None and rows["process_memory_bytes"].notna().any():
+                mem.plot(t, rows["process_memory_bytes"] / _GIB, color=color, linestyle="--", linewidth=1.2,
+                         label=f"GPU {gpu}: engine process")
+            if totals.get(gpu):
+                mem.axhline(totals[gpu] / 1024, color=color, linestyle=":", linewidth=1.0, label=f"GPU {gpu}: total")
+            util.plot(t, rows["util_pct"], color=color, linewidth=1.0, label=f"GPU {gpu}: utilization")
+        mem.set_ylim(bottom=0)
+        mem.set_ylabel("memory (GiB)")
+        mem.set_title("GPU memory over the run")
+        util.set_ylim(0, 105)
+        util.set_ylabel("utilization (%)")
+        util.set_title("GPU utilization over the run (NVML)")
+        for ax in axes:
+            ax.set_xlabel("time since telemetry start (s)")
+        _shared_legend(fig, axes)
+
+    return _render(3.6, 2, draw)
 
 
 # (g, h) capacity plan: latency and throughput against the offered rate ---------------------------

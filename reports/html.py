@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 from collections import Counter
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 import yaml
 from markupsafe import Markup, escape
 
 from engine_adapters.trtllm_serve import deployment_snippet
 from harness import __version__
+from harness.config import EngineSpec
 from harness.metrics import COST_METRICS, METRICS, gpus_per_replica, metric_value, summarize
 from harness.records import RequestRecord, read_records
 from harness.store import TrialFiles
@@ -125,9 +128,34 @@ def _table_metrics(result: dict | None) -> list:
     return [metric_value(result, m, s) if result else None for m, s in TABLE_METRICS]
 
 
-def _run_view(result: dict, records: list[RequestRecord] | None, records_note: str | None) -> dict:
-    """What the run-detail sections show for one result (and its records, when readable)."""
+#: The telemetry.csv columns (harness.telemetry.CSV_HEADER) the GPU timeline needs; process memory is drawn when present.
+TIMELINE_COLUMNS = ("t_ns", "gpu", "memory_used_bytes", "util_pct")
+
+
+def _telemetry_samples(path: Path | None, telemetry: dict) -> tuple[pd.DataFrame | None, str | None]:
+    """The run's telemetry.csv samples, or None and why there is no GPU timeline."""
+    if not telemetry.get("available"):
+        return None, None  # the telemetry section already says why
+    if path is None:
+        return None, "no telemetry.csv with this result: no GPU timeline"
+    try:
+        samples = pd.read_csv(path)
+    except FileNotFoundError:
+        return None, f"{path} not found: no GPU timeline"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"{path} cannot be read ({exc}): no GPU timeline"
+    missing = [c for c in TIMELINE_COLUMNS if c not in samples.columns]
+    if missing:
+        return None, f"{path} lacks the column(s) {', '.join(missing)}: no GPU timeline"
+    return samples, None
+
+
+def _run_view(result: dict, records: list[RequestRecord] | None, records_note: str | None,
+              telemetry_csv: Path | None) -> dict:
+    """What the run-detail sections show for one result (and its records and telemetry samples, when readable)."""
     errors = Counter(r.error for r in records or [] if r.phase == "measured" and r.error).most_common()
+    telemetry = result.get("telemetry") or {"available": False, "reason": "no telemetry in this result"}
+    samples, telemetry_note = _telemetry_samples(telemetry_csv, telemetry)
     return {
         "result": result,
         "margins": slo_margins(result),
@@ -141,10 +169,13 @@ def _run_view(result: dict, records: list[RequestRecord] | None, records_note: s
             "ttft": figures.distribution(records, "ttft_ms") if records else None,
             "itl": figures.distribution(records, "itl_ms") if records else None,
             "timeline": figures.ttft_timeline(records) if records else None,
+            "ttft_vs_input": figures.ttft_vs_input(records) if records else None,
             "arrivals": figures.arrival_rate(records) if records else None,
+            "gpu": figures.gpu_timeline(samples, telemetry.get("gpus") or []) if samples is not None else None,
         },
         "fidelity": result.get("fidelity"),
-        "telemetry": result.get("telemetry") or {"available": False, "reason": "no telemetry in this result"},
+        "telemetry": telemetry,
+        "telemetry_note": telemetry_note,
         "client_trust": result.get("client_trust") or {"trusted": None, "reasons": ["not assessed in this result"]},
         "fingerprint": flatten(result.get("fingerprint") or {}),
         "engine_config": flatten(result["engine"]["config"]),
@@ -225,6 +256,58 @@ def _cost_note(summary: StudySummary) -> str | None:
             + (f" Price: {format_number(price)} $ per GPU-hour." if price is not None else ""))
 
 
+def engine_defaults(config: dict, knobs: list[str]) -> dict | None:
+    """Each tuned knob's value in the engine's default config: the adapter's config with the experiment's fixed
+    params and none of `knobs` set (None: the engine decides at run time). None when that config cannot be built."""
+    engine = config.get("engine") or {}
+    fixed = {k: v for k, v in (engine.get("params") or {}).items() if k not in knobs}
+    try:
+        resolved = EngineSpec(kind=engine.get("kind"), model=engine.get("model"), params=fixed).resolve()
+    except ValueError:  # pydantic's ValidationError included
+        return None
+    values = resolved.model_dump(mode="json")
+    return {k: values.get(k) for k in knobs}
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def _gain_over_defaults(summary: StudySummary, knobs: list[str]) -> dict | None:
+    """The recommendation against the study's trial of the engine's defaults (`engine_defaults`), when one ran;
+    else what to do to measure it. Never estimated. None without a recommendation."""
+    best = summary.best
+    if best is None or not knobs:
+        return None
+    defaults = engine_defaults(summary.config, knobs)
+    if defaults is None:
+        return {"point": None, "trial": None, "others": [], "changes": [], "engine_decides": []}
+    runs = [t for t in summary.trials if t.params and all(_same_value(t.params.get(k), v) for k, v in defaults.items())]
+    trial = next((t for t in runs if t.state == "complete" and t.values), runs[0] if runs else None)
+    changes = []
+    if trial is not None and trial.values and trial is not best:
+        for objective, chosen, base in zip(summary.objectives, best.values, trial.values):
+            changes.append({"objective": objective, "chosen": chosen, "defaults": base,
+                            "relative": (chosen - base) / abs(base) if base else None,
+                            "better": objective.sign * (chosen - base) > 0, "equal": chosen == base})
+    return {"point": ", ".join(f"{k}={format_plain(v) if v is not None else '(engine decides)'}"
+                               for k, v in defaults.items()),
+            "trial": trial, "others": [t.number for t in runs if t is not trial], "changes": changes,
+            "engine_decides": [k for k, v in defaults.items() if v is None]}
+
+
+def _reproduce(summary: StudySummary) -> dict:
+    """The `harness tune` command that ran the study (recorded since the CLI stores it; older studies get a
+    template with CONFIG.yaml standing for the config), how to re-render the report, and the stored config."""
+    run_dir = str(summary.run_dir) if summary.run_dir is not None else "RUN_DIR"
+    return {"command": summary.command or shlex.join(["harness", "tune", "CONFIG.yaml", "--run-dir", run_dir]),
+            "recorded": summary.command is not None,
+            "report_command": shlex.join(["harness", "report", run_dir]),
+            "config_yaml": yaml.safe_dump(summary.config, sort_keys=False)}
+
+
 def _trial_rows(summary: StudySummary, param_names: list[str], chosen: TrialRow | None) -> list[dict]:
     return [{"trial": t, "params": [t.params.get(p) for p in param_names], "metrics": _table_metrics(t.result),
              "chosen": t is chosen} for t in sorted(summary.trials, key=lambda t: t.number)]
@@ -239,7 +322,7 @@ def render_study_report(summary: StudySummary) -> str:
     chosen_view = None
     if chosen is not None:
         records, note = _trial_records(chosen)
-        chosen_view = _run_view(chosen.result, records, note)
+        chosen_view = _run_view(chosen.result, records, note, chosen.dir / TrialFiles.TELEMETRY)
     recommended = recommended_config(summary)
     best_engine = summary.best.result["engine"] if summary.best else None
     context = {
@@ -266,6 +349,11 @@ def render_study_report(summary: StudySummary) -> str:
         "llm_snippet": deployment_snippet(best_engine["kind"], best_engine["config"]) if best_engine else None,
         "history_figure": figures.objective_history(summary),
         "tradeoff_figure": figures.tradeoff(summary),
+        "gain": _gain_over_defaults(summary, param_names),
+        "importance": summary.importance,
+        "importance_figure": figures.param_importance(summary.importance) if summary.importance else None,
+        "effects_figure": figures.knob_effects(summary, param_names),
+        "reproduce": _reproduce(summary),
     }
     return _ENV.get_template("study.html.j2").render(context)
 
@@ -290,12 +378,15 @@ def _study_setup(summary: StudySummary) -> list[tuple[str, object]]:
     return rows + [(f"workload.{k}", v) for k, v in flatten(config.get("workload") or {})]
 
 
-def render_run_report(result: dict, records: list[RequestRecord], title: str) -> str:
-    """The bench report of one run: verdict, SLO checks, config, figures, metrics, environment."""
+def render_run_report(result: dict, records: list[RequestRecord], title: str,
+                      telemetry_csv: Path | None = None) -> str:
+    """The bench report of one run: verdict, SLO checks, config, figures, metrics, environment; `telemetry_csv`
+    (the run's telemetry.csv) adds the GPU timeline."""
     context = {
         "title": title,
         "simulated": bool(result.get("simulated")),
-        "run": _run_view(result, records, None if records else "no request records: no per-request figures"),
+        "run": _run_view(result, records, None if records else "no request records: no per-request figures",
+                         telemetry_csv),
     }
     return _ENV.get_template("run.html.j2").render(context)
 

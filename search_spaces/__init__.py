@@ -12,11 +12,26 @@ A space file:
     warm_start:                  # measured first, before the sampler proposes anything
       - engine-heuristic         # the engine adapter's own sizing rule (trtllm-bench's for TensorRT-LLM)
       - {max_batch_size: 8}      # a known-good point; params left out are sampled
+    memory_knobs: [max_batch_size]   # numeric knobs whose growth can only grow memory use
+    rebuild:                     # knobs baked into a built engine (engines that build one)
+      knobs: [max_batch_size]
+      when: {backend: tensorrt}  # engine config values under which the engine is built and cached
 
 Rules are arithmetic comparisons over param names, numbers and `gpus` (the machine's GPU count, at
 least 1: a machine without GPUs still runs one-device configs, or drives a server that runs elsewhere);
-a sampled point breaking a rule is infeasible and never launched. Imports neither the harness
-nor any engine.
+a sampled point breaking a rule is infeasible and never launched.
+
+Memory knobs define the out-of-memory region of a point that ran out of memory (`in_oom_region`):
+every point at least as large in each memory knob, and equal in every other param, needs at least
+as much memory, so the tuner does not launch it. Knobs that move memory both ways, or whose effect
+depends on others (quantization, tensor parallelism), are not memory knobs: they must be equal.
+
+Rebuild knobs say what a trial costs to start (`build_key`): an engine that is built from the
+checkpoint and cached by its build knobs (TensorRT-LLM's TensorRT backend with its engine cache)
+is built anew for a combination of rebuild-knob values not launched before, and only restarted
+from the cache for one that was; the other knobs never need a build.
+
+Imports neither the harness nor any engine.
 """
 from __future__ import annotations
 
@@ -156,6 +171,13 @@ class Rule:
         return bool(ev(self.tree))
 
 
+class _Rebuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    knobs: list[str] = Field(min_length=1, description="params baked into a built engine")
+    when: dict[str, Any] = Field(default_factory=dict, description="engine config values under which the engine "
+                                                                    "is built (and cached); left out: always")
+
+
 class _SpaceFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -164,6 +186,9 @@ class _SpaceFile(BaseModel):
     params: dict[str, Param] = Field(min_length=1)
     rules: list[str] = Field(default_factory=list)
     warm_start: list[Union[Literal["engine-heuristic"], dict[str, Any]]] = Field(default_factory=list)
+    memory_knobs: list[str] = Field(default_factory=list, description="numeric params whose growth can only grow "
+                                    "memory use (see the module docstring)")
+    rebuild: _Rebuild | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +199,9 @@ class SearchSpace:
     rules: tuple[Rule, ...]
     source: str
     warm_start: tuple[str | dict[str, Any], ...] = ()
+    memory_knobs: tuple[str, ...] = ()
+    rebuild_knobs: tuple[str, ...] = ()
+    rebuild_when: tuple[tuple[str, Any], ...] = ()
 
     def suggest(self, trial) -> dict[str, Any]:
         """Sample every param on an Optuna trial (ask interface); returns {name: value}."""
@@ -193,6 +221,23 @@ class SearchSpace:
         """The first rule `values` break (its text), or None when all hold."""
         env = {**values, "gpus": gpus}
         return next((r.text for r in self.rules if not r.holds(env)), None)
+
+    def in_oom_region(self, point: dict[str, Any], oom_point: dict[str, Any]) -> bool:
+        """Whether `point` needs at least the memory of `oom_point`, a point that ran out of memory: the same
+        params, each memory knob at least as large, every other param equal. With no memory knobs declared,
+        only `oom_point` itself."""
+        if point.keys() != oom_point.keys():
+            return False
+        return all(point[k] >= oom_point[k] if k in self.memory_knobs else point[k] == oom_point[k] for k in point)
+
+    def build_key(self, point: dict[str, Any], engine_config: dict[str, Any]) -> tuple | None:
+        """The rebuild knobs' values of `point`, whose engine config (tuned knobs overlaid) is `engine_config`:
+        equal keys share a built engine. None when that engine builds nothing: no rebuild knobs, or `when` does not
+        hold (a field it names is missing or differs)."""
+        missing = object()
+        if not self.rebuild_knobs or any(engine_config.get(k, missing) != v for k, v in self.rebuild_when):
+            return None
+        return tuple((k, point.get(k)) for k in self.rebuild_knobs)
 
 
 def bundled_spaces() -> list[str]:
@@ -227,5 +272,17 @@ def load_space(name_or_path: str, base_dir: Path | None = None) -> SearchSpace:
     unknown = sorted({k for p in spec.warm_start if isinstance(p, dict) for k in p} - set(spec.params))
     if unknown:
         raise SpaceError(f"{path}: warm_start: unknown params {', '.join(unknown)}; known: {', '.join(spec.params)}")
+    for name in spec.memory_knobs:
+        param = spec.params.get(name)
+        if param is None:
+            raise SpaceError(f"{path}: memory_knobs: {name!r} is not a param; known: {', '.join(spec.params)}")
+        if isinstance(param, CategoricalParam) and not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) for c in param.choices):
+            raise SpaceError(f"{path}: memory_knobs: {name!r} has non-numeric choices; a memory knob is a number")
+    unknown = sorted(set(spec.rebuild.knobs if spec.rebuild else ()) - set(spec.params))
+    if unknown:
+        raise SpaceError(f"{path}: rebuild.knobs: unknown params {', '.join(unknown)}; known: {', '.join(spec.params)}")
     engines = (spec.engine,) if isinstance(spec.engine, str) else tuple(spec.engine)
-    return SearchSpace(spec.name, engines, dict(spec.params), rules, str(path), tuple(spec.warm_start))
+    return SearchSpace(spec.name, engines, dict(spec.params), rules, str(path), tuple(spec.warm_start),
+                       tuple(spec.memory_knobs), tuple(spec.rebuild.knobs) if spec.rebuild else (),
+                       tuple(spec.rebuild.when.items()) if spec.rebuild else ())

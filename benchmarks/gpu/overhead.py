@@ -4,6 +4,8 @@
   engine's own batch API `generate_batch(inputs)` in a fresh process. Both: output tokens / (first request
   in -> last token out); the harness's window from its send times to the engine's token stamps, the
   engine's from its own request-creation times to its token stamps. Target: the harness within 2%.
+  A third run makes the calls the harness's adapter makes (init_continuous_batching, warmup, start,
+  add_request) without the harness, to tell the harness's cost from the engine's two entry points.
 - TTFT: one request at a time, the engine handing each token over as it is made (`stream_outputs`).
   For every request, the first token's time as the harness client saw it arrive vs the engine's own
   stamp of it (what the harness reports). Target: the client adds at most 1 ms at p50.
@@ -49,8 +51,12 @@ def harness_bench(cfg: dict, out: Path) -> dict:
     return json.loads((out / "bench" / "result.json").read_text())
 
 
-def engine_batch(cfg: dict) -> dict:
-    """The same prompts through `generate_batch`, in this process; figures from the engine's own timestamps."""
+def engine_batch(cfg: dict, api: str) -> dict:
+    """The same prompts through the engine alone, in this process; figures from the engine's own timestamps.
+
+    api "generate_batch": the batch API. api "manager": the calls the harness's adapter makes
+    (init_continuous_batching, warmup, start, add_request per prompt), results read on this thread, no
+    harness: where this differs from generate_batch, the engine, not the harness, makes the difference."""
     import torch
     import transformers
 
@@ -79,8 +85,24 @@ def engine_batch(cfg: dict) -> dict:
                                                   "max_blocks_per_request": params["max_blocks_per_request"]})
     gen = transformers.GenerationConfig(do_sample=False, eos_token_id=-1, max_new_tokens=max_new)
     model.generate_batch(inputs=inputs[:2], generation_config=gen, continuous_batching_config=cb)  # warm-up
-    outputs = list(model.generate_batch(inputs=inputs, generation_config=gen, continuous_batching_config=cb,
-                                        record_timestamps=True).values())
+    if api == "generate_batch":
+        outputs = list(model.generate_batch(inputs=inputs, generation_config=gen, continuous_batching_config=cb,
+                                            record_timestamps=True).values())
+    else:
+        manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        manager.warmup()
+        manager.start()
+        for i, ids in enumerate(inputs):
+            manager.add_request(ids, request_id=str(i), max_new_tokens=max_new, streaming=False,
+                                record_timestamps=True)
+        outputs = []
+        while len(outputs) < len(inputs):
+            out = manager.get_result(timeout=600)
+            if out is None:
+                raise RuntimeError("the engine stopped before returning every result")
+            if out.is_finished():
+                outputs.append(out)
+        manager.stop(block=True)
     tokens = sum(len(o.generated_tokens) for o in outputs)
     window = max(o.timestamps[-1] for o in outputs) - min(o.created_time for o in outputs)
     return {"requests": len(outputs), "failed": sum(bool(o.error) for o in outputs), "output_tokens": tokens,
@@ -133,24 +155,28 @@ def main() -> None:
     ap.add_argument("--ttft-requests", type=int, default=64, help="requests of the one-at-a-time TTFT comparison")
     ap.add_argument("--model", default=ENGINE["model"], help="e.g. builtin:tiny-llama with --device cpu to try it")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # child process: generate_batch
+    ap.add_argument("--engine-only", choices=["generate_batch", "manager"], help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     ENGINE["model"] = args.model
     ENGINE["params"].update(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
                             cuda_graph=args.device == "cuda")
     batch_cfg = experiment("overhead-throughput", args.requests, args.requests, 192)
     if args.engine_only:
-        print(json.dumps(engine_batch(batch_cfg)))
+        print(json.dumps(engine_batch(batch_cfg, args.engine_only)))
         return
 
     from harness.runner import run_event_loop
 
     t0 = time.time()
     h_batch = harness_bench(batch_cfg, args.out / "harness-throughput")
-    engine = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--engine-only", "--requests",
-                             str(args.requests), "--model", args.model, "--device", args.device],
-                            check=True, capture_output=True, text=True)
-    e_batch = json.loads(engine.stdout.strip().splitlines()[-1])
+
+    def engine_alone(api: str) -> dict:  # a fresh process, as harness bench gets
+        proc = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--engine-only", api, "--requests",
+                               str(args.requests), "--model", args.model, "--device", args.device],
+                              check=True, capture_output=True, text=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    e_batch, e_manager = engine_alone("generate_batch"), engine_alone("manager")
     ttft_cfg = experiment("overhead-ttft", args.ttft_requests, 1, 16)
     ttft_cfg["engine"] = {**ENGINE, "params": {**ENGINE["params"], "stream_outputs": True}}
     ttft = run_event_loop(client_vs_engine_ttft(ttft_cfg))
@@ -160,6 +186,8 @@ def main() -> None:
         "throughput": {"requests": args.requests, "harness_tok_s": h_tput,
                        "engine_generate_batch_tok_s": e_batch["output_throughput_tok_s"],
                        "harness_vs_engine": h_tput / e_batch["output_throughput_tok_s"],
+                       "engine_manager_api_tok_s": e_manager["output_throughput_tok_s"],
+                       "harness_vs_manager_api": h_tput / e_manager["output_throughput_tok_s"],
                        "harness_failed": h_batch["counts"]["failed"], "engine_failed": e_batch["failed"]},
         "ttft_one_at_a_time": ttft,
         "wall_s": time.time() - t0,
@@ -167,7 +195,8 @@ def main() -> None:
     (args.out / "overhead.json").write_text(json.dumps(summary, indent=2))
     t = summary["throughput"]
     print(f"throughput, {args.requests} requests at once: harness {t['harness_tok_s']:.0f} tok/s vs generate_batch "
-          f"{t['engine_generate_batch_tok_s']:.0f} tok/s -> {t['harness_vs_engine']:.3f} (target >= 0.98)")
+          f"{t['engine_generate_batch_tok_s']:.0f} tok/s -> {t['harness_vs_engine']:.3f} (target >= 0.98); the adapter's "
+          f"engine calls without the harness: {t['engine_manager_api_tok_s']:.0f} tok/s -> {t['harness_vs_manager_api']:.3f}")
     print(f"TTFT one at a time ({ttft['requests']} requests): reported p50 {ttft['reported_ttft_p50_ms']:.2f} ms; "
           f"the client sees the first token {ttft['added_p50_ms']:.3f} ms (p50) / {ttft['added_p99_ms']:.3f} ms (p99) "
           f"after the engine stamps it (target <= 1 ms)")

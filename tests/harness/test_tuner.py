@@ -15,7 +15,8 @@ from harness.summary import load_study
 from harness.tuner import Tuner, ctrl_c_latch
 
 
-def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, timeout=60, requests=60, **search):
+def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, timeout=60, requests=60,
+               output_tokens=8, **search):
     space_path = tmp_path / "space.yaml"
     space_path.write_text(yaml.safe_dump(space or {
         "name": "small", "engine": "mock",
@@ -26,7 +27,7 @@ def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, t
                                               **(params or {})}},
         "workload": {"kind": "synthetic", "requests": requests, "warmup_requests": 4,
                      "input_tokens": {"dist": "fixed", "value": 16},
-                     "output_tokens": {"dist": "fixed", "value": 8},
+                     "output_tokens": {"dist": "fixed", "value": output_tokens},
                      "arrival": {"process": "closed", "concurrency": 16}},
         "slo": slo or {"tpot_ms": {"p95": 8}},
         "search": {"space": str(space_path), "trials": trials, "objective": "maximize output_throughput_tok_s",

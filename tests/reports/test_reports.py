@@ -205,7 +205,7 @@ def test_reports_are_self_contained(study, study_html):
 
 def test_figures_are_embedded_svg_data_uris(study_html):
     srcs = images(study_html)
-    assert len(srcs) == 6  # history, trade-off, TTFT, ITL, TTFT timeline, offered load
+    assert len(srcs) == 8  # history, knob effects, trade-off, TTFT, ITL, TTFT timeline, TTFT vs input, offered load
     for src in srcs:
         assert src.startswith("data:image/svg+xml;base64,")
         svg = base64.b64decode(src.split(",", 1)[1]).decode()
@@ -250,7 +250,7 @@ def test_missing_records_are_reported_not_fatal(tmp_path):
     summary = make_summary([make_trial(tmp_path, 0, {}, write_records_file=False)])
     html = render_study_report(summary)
     assert "records.jsonl not found" in html
-    assert len(images(html)) == 2  # history and trade-off only
+    assert len(images(html)) == 2  # history and trade-off only (no tuned knobs: no per-knob panels)
 
 
 def test_telemetry_is_shown_when_available(tmp_path):
@@ -271,7 +271,7 @@ def test_run_report(tmp_path):
     trial = make_trial(tmp_path, 0, {"max_batch_size": 12}, records)
     html = render_run_report(trial.result, records, "nightly <bench>")
     assert "<title>[SIMULATED] nightly &lt;bench&gt;</title>" in html
-    assert len(images(html)) == 4
+    assert len(images(html)) == 5  # TTFT, ITL, TTFT timeline, TTFT vs input, offered load
     assert "failed (measured)" in html and "server said 500" in html
     assert "Workload fidelity" in html and "trace &lt;b&gt;code&lt;/b&gt;.csv" in html
     assert "t.csv:7: non-numeric ContextTokens &lt;script&gt;" in html and "<script" not in html

@@ -1,3 +1,5 @@
+import dataclasses
+
 import optuna
 import pytest
 import yaml
@@ -54,3 +56,37 @@ def test_broken_rule_reports_the_rule_text():
     space = load_space("mock-default")
     assert space.broken_rule({"max_batch_size": 64, "max_num_tokens": 32}, gpus=0) == "max_num_tokens >= max_batch_size"
     assert space.broken_rule({"max_batch_size": 8, "max_num_tokens": 32}, gpus=0) is None
+
+
+def test_oom_region_grows_in_memory_knobs_only():
+    space = load_space("mock-default")
+    oom = {"max_batch_size": 8, "max_num_tokens": 512, "kv_cache_fraction": 0.5, "quantization": "none"}
+    assert space.in_oom_region(oom, oom)
+    assert space.in_oom_region({**oom, "max_batch_size": 16, "kv_cache_fraction": 0.9}, oom)
+    assert not space.in_oom_region({**oom, "max_batch_size": 16, "max_num_tokens": 256}, oom)  # one knob smaller
+    assert not space.in_oom_region({**oom, "max_batch_size": 16, "quantization": "fp8"}, oom)  # another knob differs
+    bare = dataclasses.replace(space, memory_knobs=())  # none declared: only the point itself
+    assert bare.in_oom_region(oom, oom) and not bare.in_oom_region({**oom, "max_batch_size": 16}, oom)
+
+
+def test_memory_and_rebuild_knobs_must_be_params_of_the_space(tmp_path):
+    path = tmp_path / "s.yaml"
+    base = {"name": "s", "engine": "mock", "params": {"a": {"type": "int", "low": 1, "high": 2},
+                                                      "q": {"type": "categorical", "choices": ["none", "fp8"]}}}
+    for extra, message in [({"memory_knobs": ["b"]}, "memory_knobs: 'b' is not a param; known: a, q"),
+                           ({"memory_knobs": ["q"]}, "memory_knobs: 'q' has non-numeric choices"),
+                           ({"rebuild": {"knobs": ["b"]}}, "rebuild.knobs: unknown params b")]:
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        with pytest.raises(SpaceError, match=message):
+            load_space(str(path))
+
+
+def test_build_key_only_where_the_engine_is_built_and_cached():
+    space = load_space("trtllm-default")
+    point = {"max_batch_size": 64, "max_num_tokens": 2048, "kv_cache_fraction": 0.9, "quantization": "none",
+             "tensor_parallel_size": 1, "pipeline_parallel_size": 1}
+    built = {"backend": "tensorrt", "engine_cache": True}
+    assert space.build_key(point, built) == space.build_key({**point, "kv_cache_fraction": 0.5}, built)
+    assert space.build_key(point, built) != space.build_key({**point, "max_batch_size": 128}, built)
+    assert space.build_key(point, {"backend": "pytorch", "engine_cache": True}) is None
+    assert space.build_key(point, {"backend": "tensorrt"}) is None  # trtllm-serve: no engine cache
