@@ -97,9 +97,9 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
         except KeyboardInterrupt:
             progress.stop()
             console.print("[yellow]interrupted[/]: finished trials are saved; run the same command to resume")
-            _write_outputs(rdir, storage)
+            _write_outputs(rdir, storage, tuner.study.study_name)
             raise typer.Exit(130)
-    _write_outputs(rdir, storage)
+    _write_outputs(rdir, storage, tuner.study.study_name)
 
 
 def _extras(cfg: ExperimentConfig) -> str:
@@ -121,12 +121,12 @@ def _params(params: dict) -> str:
     return " ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
 
 
-def _write_outputs(rdir: RunDir, storage: str | None) -> None:
+def _write_outputs(rdir: RunDir, storage: str | None, study_name: str | None = None) -> None:
     from harness.summary import load_study
     from reports import render_study_report, write_recommended
     from reports.recommended import write_deployment
 
-    summary = load_study(rdir, storage)
+    summary = load_study(rdir, storage, study_name)
     write_text_atomic(rdir.report, render_study_report(summary))
     has_best = write_recommended(summary, rdir.recommended)
     if not has_best:
@@ -342,14 +342,15 @@ def _print_plan(plan: dict) -> None:
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory written by tune or bench"),
-           storage: Optional[str] = typer.Option(None, help="Optuna storage URL if not the run dir's SQLite")) -> None:
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL if not the run dir's SQLite"),
+           study: Optional[str] = typer.Option(None, help="study name, where the storage holds several")) -> None:
     """(Re)write report.html (and recommended.yaml for a study) from a run directory."""
     rdir = RunDir(run_dir)
     if (run_dir / TrialFiles.RESULT).exists():
         _write_run_report(run_dir, read_json(run_dir / TrialFiles.RESULT))
         console.print(f"report: {run_dir / 'report.html'}")
     elif rdir.study_db.exists() or storage:
-        _write_outputs(rdir, storage)
+        _write_outputs(rdir, storage, study)
     else:
         raise ConfigError(f"{run_dir}: no study.db and no result.json: not a run directory")
 

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import optuna
+import sqlalchemy
 
 from harness.config import Objective, parse_objectives
 from harness.errors import ConfigError
@@ -180,9 +181,9 @@ class StudySummary:
         return starts
 
 
-def load_study(run_dir: RunDir, storage: str | None = None) -> StudySummary:
-    """Read the study in `run_dir` (or `storage`) and each trial's result.json."""
-    study = _load(run_dir, storage)
+def load_study(run_dir: RunDir, storage: str | None = None, study_name: str | None = None) -> StudySummary:
+    """Read the study in `run_dir` (or `storage`; `study_name` where it holds several) and each trial's result.json."""
+    study = _load(run_dir, storage, study_name)
     config = study.user_attrs["config"]
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -417,9 +418,13 @@ def _statistic(values: np.ndarray, statistic: str) -> float:
     return float(np.percentile(values, float(statistic[1:]), method="linear"))
 
 
-def _load(run_dir: RunDir, storage: str | None) -> optuna.Study:
+def _load(run_dir: RunDir, storage: str | None, study_name: str | None) -> optuna.Study:
     url = storage or run_dir.storage_url()
     names = optuna.get_all_study_names(storage=url)
-    if len(names) != 1:
-        raise ConfigError(f"{url}: expected one study, found {len(names)}: {names}")
-    return optuna.load_study(study_name=names[0], storage=url)
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name not in names:
+        where = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)  # messages never hold a password
+        wanted = f"no study {study_name!r}" if study_name else "more than one study: name one (--study)"
+        raise ConfigError(f"{where}: {wanted}; it holds {len(names)}: {names}")
+    return optuna.load_study(study_name=study_name, storage=url)

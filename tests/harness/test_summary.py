@@ -1,6 +1,9 @@
 """Choosing the recommended trial: SLO filter, noise-level ties broken by headroom, closest miss."""
 from pathlib import Path
 
+import optuna
+import pytest
+
 from harness.config import parse_objectives
 from harness.summary import StudySummary, TrialRow, choose
 
@@ -69,3 +72,18 @@ def test_multi_objective_tie_on_the_first_objective_goes_to_the_second():
     assert s.best.number == 1
     assert "2 of those are within 1% of the best goodput_req_s" in s.choice
     assert s.choice.endswith("of those it has the lowest ttft_ms p95")
+
+
+def test_a_storage_with_several_studies_needs_the_study_named(tmp_path):
+    from harness.errors import ConfigError
+    from harness.store import RunDir
+    from harness.summary import _load
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    for name in ("a", "b"):
+        optuna.create_study(study_name=name, storage=url)
+    assert _load(RunDir(tmp_path), url, "b").study_name == "b"
+    with pytest.raises(ConfigError, match="more than one study: name one"):
+        _load(RunDir(tmp_path), url, None)
+    with pytest.raises(ConfigError, match="no study 'c'"):
+        _load(RunDir(tmp_path), url, "c")
