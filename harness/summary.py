@@ -369,6 +369,11 @@ def runner_up_confidence(summary: StudySummary, resamples: int = BOOTSTRAP_RESAM
     diff = diff[~np.isnan(diff)]
     if diff.size == 0:
         return Confidence(other.number, None, "not computed: the objective is undefined on every resample")
+    if all(np.nanmin(d) == np.nanmax(d) for d in draws):  # e.g. goodput when every request met the SLOs
+        return Confidence(other.number, None,
+                          f"not resolvable: every resample of either run gives the same {primary.label} (it does "
+                          "not vary from request to request here), so the bootstrap cannot tell the two apart; "
+                          "measure both again (search.repeats) to compare them")
     probability = float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
     return Confidence(other.number, probability,
                       f"bootstrap over requests: each run's {primary.label} recomputed on {resamples:,} resamples of "

@@ -109,9 +109,18 @@ def test_the_report_says_how_cost_objectives_counted_gpus(tmp_path):
 
 # confidence that the choice beats the runner-up ---------------------------------------------------
 
+def varied(records):
+    """The last request 200 ms late to its first token (past the TTFT limit alone, the run's p95 still within):
+    one request that misses, so that resampling requests changes the goodput."""
+    last = records[-1]
+    last.token_ns = [t + 200 * 1_000_000 for t in last.token_ns]
+    last.end_ns = last.token_ns[-1]
+    return records
+
+
 def test_confidence_is_high_for_a_clearly_better_trial(tmp_path):
-    summary = make_summary([make_trial(tmp_path, 0, {}, make_records(rate=10)),
-                            make_trial(tmp_path, 1, {}, make_records(rate=20))])
+    summary = make_summary([make_trial(tmp_path, 0, {}, varied(make_records(rate=10))),
+                            make_trial(tmp_path, 1, {}, varied(make_records(rate=20)))])
     assert summary.best.number == 1 and summary.runner_up.number == 0
     assert summary.confidence.runner_up == 0 and summary.confidence.probability > 0.99
     html = render_study_report(summary)
@@ -143,6 +152,14 @@ def test_confidence_for_a_latency_objective_and_a_tie_that_went_to_headroom(tmp_
     summary = make_summary(trials, objective)
     assert summary.best.number == 0 and summary.runner_up.number == 1
     assert summary.confidence.probability < 0.5
+
+
+def test_an_objective_that_no_request_varies_leaves_the_confidence_unresolved(tmp_path):
+    """Every request alike: each resample of a run gives its own value, so 2x apart or 0.1% apart alike, the
+    bootstrap has nothing to say (it would print 100%)."""
+    summary = make_summary([make_trial(tmp_path, 0, {}, make_records(rate=10)),
+                            make_trial(tmp_path, 1, {}, make_records(rate=10.01))])
+    assert summary.confidence.probability is None and "not resolvable" in summary.confidence.method
 
 
 def test_missing_records_leave_the_confidence_uncomputed_with_the_reason(tmp_path):
