@@ -34,6 +34,7 @@ import yaml
 
 from harness.config import ExperimentConfig, parse_config
 from harness.errors import ConfigError
+from harness.metrics import gpus_per_replica
 from harness.records import RequestRecord, read_records
 from harness.store import SCHEMA_VERSION, TrialFiles, read_json, write_json, write_yaml
 from harness.tuner import run_trial_process
@@ -141,13 +142,6 @@ def config_at_rate(cfg: ExperimentConfig, rate: float, seed_shift: int = 0) -> d
         workload["seed"] = seed + seed_shift
     parse_config(data, f"{cfg.name} at {rate:g} req/s")  # what the trial process will load must be valid
     return data
-
-
-def gpus_per_replica(engine_config: dict) -> int:
-    """tp x pp from an engine config (TensorRT-LLM's or the server launcher's names); 1 when it names none."""
-    tp = engine_config.get("tensor_parallel_size") or engine_config.get("tp") or 1
-    pp = engine_config.get("pipeline_parallel_size") or engine_config.get("pp") or 1
-    return int(tp) * int(pp)
 
 
 def steady_rates(records: list[RequestRecord]) -> tuple[float | None, float | None]:
