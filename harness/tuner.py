@@ -62,7 +62,7 @@ from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
 from engine_adapters import Hardware, get_adapter
 from harness.config import ExperimentConfig, SearchSpec, parse_objective
 from harness.errors import ConfigError
-from harness.metrics import COST_METRICS, compute, cost_factor, metric_value
+from harness.metrics import COST_METRICS, compute, cost_factor, gpus_per_replica, metric_value
 from harness.records import read_records
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from harness.trial import PROBE_RECORDS
@@ -356,8 +356,8 @@ _STOPPED = "harness was stopped mid-trial; its params were queued to run again"
 
 
 def gpus_needed(engine_cfg) -> int:
-    """GPUs one engine of this config occupies: tensor_parallel_size x pipeline_parallel_size (1 without them)."""
-    return getattr(engine_cfg, "tensor_parallel_size", 1) * getattr(engine_cfg, "pipeline_parallel_size", 1)
+    """GPUs one engine of this config occupies: tp x pp under either naming (`metrics.gpus_per_replica`)."""
+    return gpus_per_replica(engine_cfg.model_dump())
 
 
 def _check_gpu_ids(ids: Sequence[str]) -> list[str]:

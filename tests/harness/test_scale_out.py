@@ -314,6 +314,7 @@ def test_gpus_needed_is_tensor_times_pipeline_parallel_size():
     assert gpus_needed(trtllm(model="m", tensor_parallel_size=2, pipeline_parallel_size=2)) == 4
     assert gpus_needed(trtllm(model="m")) == 1
     assert gpus_needed(get_adapter("mock").Config()) == 1  # no parallelism knobs: one GPU
+    assert gpus_needed(get_adapter("server").Config(model="m", preset="vllm", tp=2, pp=2)) == 4  # the launcher's names
 
 
 # -- telemetry watches the trial's GPUs ----------------------------------------------------------------------------
