@@ -39,7 +39,9 @@ import yaml
 
 from harness.config import ExperimentConfig, parse_config
 from harness.store import RunDir, read_json, write_yaml
-from harness.tuner import MAX_REJECTED_IN_A_ROW, TrialOutcome, Tuner, ctrl_c_latch, objective_values, tell_result
+from harness.objectives import objective_values, tell_result
+from harness.trial_process import ctrl_c_latch
+from harness.tuner import MAX_REJECTED_IN_A_ROW, TrialOutcome, Tuner
 from reports.html import slo_text
 from search_spaces import load_space
 

@@ -16,7 +16,8 @@ from harness.config import ExperimentConfig, load_config
 from harness.errors import ConfigError, HarnessError
 from harness.store import RunDir, TrialFiles, read_json, write_json, write_text_atomic, write_yaml
 from harness.summary import TUNE_COMMAND_ATTR
-from harness.tuner import GRACE_HEARTBEATS, HEARTBEAT_S, TrialOutcome, Tuner, ctrl_c_latch, run_trial_process
+from harness.trial_process import ctrl_c_latch, run_trial_process
+from harness.tuner import GRACE_HEARTBEATS, HEARTBEAT_S, TrialOutcome, Tuner
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Benchmark and autotune LLM inference engines.")

@@ -37,7 +37,7 @@ from harness.errors import ConfigError
 from harness.metrics import gpus_per_replica
 from harness.records import RequestRecord, read_records
 from harness.store import SCHEMA_VERSION, TrialFiles, read_json, write_json, write_yaml
-from harness.tuner import run_trial_process
+from harness.trial_process import run_trial_process
 
 PLAN_FILE = "plan.json"
 RATE_DIGITS = 4  # rates are rounded to this many significant digits, so point directories have stable names

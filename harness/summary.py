@@ -34,7 +34,7 @@ from harness.errors import ConfigError
 from harness.metrics import COST_METRICS, METRICS, SloLimit, cost_factor, request_meets_slo, request_values
 from harness.records import RequestRecord, read_records
 from harness.store import RunDir, TrialFiles, read_json
-from harness.tuner import PROBE_STEP, constraint_violations
+from harness.objectives import PROBE_STEP, constraint_violations
 
 TIE_TOLERANCE = 0.01
 BOOTSTRAP_RESAMPLES = 1000

@@ -33,71 +33,41 @@ and asked under a PostgreSQL advisory lock, so concurrent workers never overshoo
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import math
 import os
 import platform
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
 
 from engine_adapters import Hardware, get_adapter
-from harness.config import ExperimentConfig, SearchSpec, parse_objective
+from harness.config import ExperimentConfig, SearchSpec
 from harness.errors import ConfigError
-from harness.metrics import COST_METRICS, compute, cost_factor, gpus_per_replica, metric_value
+from harness.metrics import compute, gpus_per_replica
+from harness.objectives import (PROBE_STEP, UNDEFINED_OBJECTIVE, ProbePruner, make_sampler, objective_value,
+                                tell_result)
 from harness.records import read_records
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
 from harness.trial import PROBE_RECORDS
+from harness.trial_process import out_of_memory, raise_if_ctrl_c, run_trial_process
 from search_spaces import SearchSpace, SpaceError, load_space
 from workloads import TokenSpace
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-_KILL_GRACE_S = 5.0
-_ctrl_c = threading.Event()
-
-
-@contextmanager
-def ctrl_c_latch():
-    """While open, Ctrl-C (SIGINT) both raises KeyboardInterrupt and latches a flag that the trial loop checks.
-
-    Python drops a KeyboardInterrupt raised inside an at-fork callback ("Exception ignored in
-    _releaseLock"), so a Ctrl-C landing while a trial process is being spawned would otherwise be lost."""
-    def on_sigint(signum, frame):
-        _ctrl_c.set()
-        raise KeyboardInterrupt
-
-    _ctrl_c.clear()
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _ctrl_c.clear()
-
-
-def _raise_if_ctrl_c() -> None:
-    if _ctrl_c.is_set():
-        raise KeyboardInterrupt
 
 
 @dataclass
@@ -114,233 +84,6 @@ class TrialOutcome:
     def value(self) -> float | None:
         """The primary (first) objective's value."""
         return self.values[0] if self.values else None
-
-
-def objective_value(result: dict, objective: str, gpu_hour_cost: float | None = None) -> float | None:
-    """The objective's value in a result dict, or None when it is undefined (e.g. no completed request).
-
-    Cost metrics (harness.metrics.COST_METRICS) are the output throughput times `cost_factor` of the result's
-    engine config (its GPUs) and `gpu_hour_cost`."""
-    _, metric, stat = parse_objective(objective)
-    if metric in COST_METRICS:
-        throughput = metric_value(result, "output_throughput_tok_s")
-        value = None if throughput is None else \
-            throughput * cost_factor(metric, result["engine"]["config"], gpu_hour_cost)
-    else:
-        value = metric_value(result, metric, stat)
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def objective_values(result: dict, search: SearchSpec) -> list[float] | None:
-    """Every objective of `search` in a result dict, primary first; None when any is undefined."""
-    values = [objective_value(result, o.expression, search.gpu_hour_cost) for o in search.objectives]
-    return None if None in values else values
-
-
-def constraint_violations(result: dict) -> dict[str, float]:
-    """One number per SLO (and the error-rate limit): <= 0 when met, else the relative excess."""
-    out = {}
-    for check in result["slo"]:
-        measured = check["measured"]
-        out[f"{check['metric']}.{check['statistic']}"] = (
-            1.0 if measured is None else (measured - check["limit"]) / check["limit"])
-    out["error_rate"] = (result["scalars"]["error_rate"] or 0.0) - result["max_error_rate"]
-    return out
-
-
-def _find_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: a killed harness may leave the trial running until it ends
-
-
-_prctl = _find_prctl()  # looked up here: the child of a threaded parent must not load libraries before exec
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it if the thread that started it dies (the harness
-    exits or is killed, even by SIGKILL)."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run_trial_process(trial_dir: Path, timeout_s: float, on_log: Callable[[str], None] | None = None, *,
-                      env: dict[str, str] | None = None, stop: threading.Event | None = None,
-                      probe_requests: int | None = None,
-                      on_probe: Callable[[], str | None] | None = None) -> tuple[str, str | None]:
-    """Run `python -m harness.trial trial_dir` with a timeout; return (state, reason).
-
-    The child gets its own process group so a timeout or Ctrl-C kills the engine with it, and dies
-    with the harness if the harness is killed, so no orphan holds the GPU. `on_log` gets the last
-    line of the trial's log about twice a second (for progress display). `env` is added to the
-    child's environment (and noted at the top of its log); setting `stop` kills the child and raises
-    KeyboardInterrupt, like Ctrl-C. With `probe_requests`, the trial writes its probe to PROBE_RECORDS
-    (harness.trial); `on_probe()` is then called once, while the trial goes on, and a reason returned
-    kills the trial: ("pruned", reason).
-    """
-    argv = [sys.executable, "-m", "harness.trial", str(trial_dir)]
-    if probe_requests is not None:
-        argv += ["--probe-requests", str(probe_requests)]
-    with (trial_dir / TrialFiles.LOG).open("ab") as log:
-        if env:
-            log.write(f"[harness {time.strftime('%H:%M:%S')}] trial environment: "
-                      f"{' '.join(f'{k}={v}' for k, v in env.items())}\n".encode())
-            log.flush()
-        proc = subprocess.Popen(argv, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        deadline = time.monotonic() + timeout_s
-        probed = on_probe is None
-        try:
-            while (code := proc.poll()) is None:
-                _raise_if_ctrl_c()
-                if stop is not None and stop.is_set():
-                    raise KeyboardInterrupt
-                if time.monotonic() > deadline:
-                    _kill_group(proc)
-                    return "failed", f"timeout: trial ran longer than {timeout_s:g} s and was killed"
-                if not probed and (trial_dir / PROBE_RECORDS).exists():
-                    probed = True
-                    if (reason := on_probe()) is not None:
-                        _kill_group(proc)
-                        if not (trial_dir / TrialFiles.RESULT).exists():  # else it finished meanwhile: keep it
-                            return "pruned", reason
-                if on_log:
-                    on_log(_log_tail(trial_dir / TrialFiles.LOG, lines=1))
-                time.sleep(0.5)
-        except BaseException:
-            _kill_group(proc)
-            raise
-    if (trial_dir / TrialFiles.RESULT).exists():
-        return "complete", None
-    failure = read_json(trial_dir / TrialFiles.FAILURE)
-    if failure:
-        return ("infeasible" if failure["kind"] == "infeasible" else "failed"), failure["reason"]
-    tail = _log_tail(trial_dir / TrialFiles.LOG)
-    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    return "failed", f"trial process {how} without a result" + (f"; log ends: {tail}" if tail else "")
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _log_tail(path: Path, lines: int = 3, max_chars: int = 500) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return ""
-    return " | ".join(text[-lines:])[-max_chars:]
-
-
-#: Out-of-memory errors as CUDA, PyTorch, TensorRT(-LLM) and the mock engine word them, e.g. "torch.OutOfMemoryError:
-#: CUDA out of memory", "[TensorRT-LLM][ERROR] CUDA runtime error in ...: out of memory", "SIMULATED out of memory".
-_OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation",
-                            re.IGNORECASE)
-#: Lines at the end of a failed trial's log searched for an out-of-memory error (a crash may print no reason).
-OOM_LOG_LINES = 40
-
-
-def out_of_memory(reason: str, log: Path) -> bool:
-    """Whether a failed trial ran out of memory: its reason or the last OOM_LOG_LINES lines of its log name an
-    out-of-memory error."""
-    return bool(_OUT_OF_MEMORY.search(reason) or
-                _OUT_OF_MEMORY.search(_log_tail(log, OOM_LOG_LINES, max_chars=100_000)))
-
-
-#: The step at which a trial's probe is reported to Optuna (`Trial.report`).
-PROBE_STEP = 0
-
-
-class ProbePruner(optuna.pruners.BasePruner):
-    """Prunes a single-objective trial whose probe (its intermediate value at PROBE_STEP) is worse than the
-    `keep_best_percent` best of the probes of completed trials that met every SLO, once `startup_trials` of those
-    have one; an undefined probe (NaN: no request of it completed) is worse than any.
-
-    Optuna's PercentilePruner compares with every completed trial, also those that missed an SLO, whose objective
-    (throughput, say) may be the highest precisely because they were overloaded; this one leaves them out."""
-
-    def __init__(self, keep_best_percent: float, startup_trials: int, direction: str):
-        self.keep_best_percent, self.startup_trials = keep_best_percent, startup_trials
-        self.sign = 1 if direction == "maximize" else -1
-
-    def threshold(self, study: optuna.Study) -> tuple[float, int] | None:
-        """(the probe value a trial must reach, how many probes it rests on), or None while fewer than
-        `startup_trials` completed trials that met every SLO have a probe."""
-        peers = [t.intermediate_values[PROBE_STEP]
-                 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.user_attrs.get("slo_pass") and PROBE_STEP in t.intermediate_values
-                 and not math.isnan(t.intermediate_values[PROBE_STEP])]
-        if len(peers) < self.startup_trials:
-            return None
-        worst_kept = 100 - self.keep_best_percent if self.sign > 0 else self.keep_best_percent
-        return float(np.percentile(peers, worst_kept)), len(peers)
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        value = trial.intermediate_values.get(PROBE_STEP)
-        threshold = self.threshold(study)
-        if value is None or threshold is None:
-            return False
-        return math.isnan(value) or self.sign * value < self.sign * threshold[0]
-
-
-#: Random trials before TPE starts modelling.
-TPE_STARTUP_TRIALS = 5
-
-
-def make_sampler(search: SearchSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The sampler `search.sampler` names, seeded with `search.seed`; raises ValueError when the space has no grid.
-
-    TPE and NSGA-II read each trial's SLO constraints (`Trial.set_constraint`, see `tell_result`) and prefer
-    configs that meet them; both handle one or several objectives. TPE samples at random for its first
-    `TPE_STARTUP_TRIALS` trials (warm-start points included), whatever the budget: modelled from fewer
-    points it keeps to the neighbourhood of the first one (benchmarks/search_efficiency.py). NSGA-II's
-    population is a quarter of the budget (4 to 50), so a small budget still breeds a few generations.
-    random and grid are baselines that ignore results."""
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=TPE_STARTUP_TRIALS)
-    if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=min(max(search.trials // 4, 4), 50))
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    return _AskTellGridSampler(space.grid(), seed=search.seed)
-
-
-UNDEFINED_OBJECTIVE = "objective undefined: no measured request completed"
-
-
-def tell_result(study: optuna.Study, trial: optuna.Trial, result: dict, search: SearchSpec) -> list[float] | None:
-    """Tell `study` a measured trial: its SLO constraints, then its objective values (returned), or FAIL with a
-    reason when an objective is undefined (None returned)."""
-    for key, violation in constraint_violations(result).items():
-        trial.set_constraint(key, violation)
-    trial.set_user_attr("slo_pass", result["slo_pass"])
-    values = objective_values(result, search)
-    if values is None:
-        trial.set_user_attr("reason", UNDEFINED_OBJECTIVE)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    else:
-        study.tell(trial, values)
-    return values
-
-
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """GridSampler under ask/tell: its after_trial only calls Study.stop() once the grid is exhausted, which
-    works inside optimize() alone; the tuner stops by itself (`Tuner._grid_done`)."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
 
 
 #: Consecutive sampled points rejected before launch after which the space is taken to hold nothing feasible.
@@ -674,7 +417,7 @@ class Tuner:
             self._recover_interrupted()
             try:
                 while True:
-                    _raise_if_ctrl_c()
+                    raise_if_ctrl_c()
                     for future in [f for f in in_flight if f.done()]:
                         launch = in_flight[future]
                         outcome = self._record(launch, *future.result())
@@ -706,7 +449,7 @@ class Tuner:
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            _raise_if_ctrl_c()
+            raise_if_ctrl_c()
             time.sleep(0.1)
 
     def _next_launch(self, on_start: Callable[[int, dict], None] | None,

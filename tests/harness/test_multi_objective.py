@@ -9,7 +9,8 @@ from harness.errors import ConfigError
 from harness.metrics import STATISTICS, SloLimit, gpus_per_replica
 from harness.store import RunDir
 from harness.summary import load_study, pareto_front, resampled_objective
-from harness.tuner import Tuner, objective_value
+from harness.objectives import objective_value
+from harness.tuner import Tuner
 from reports import recommended_config, render_study_report
 from tests.harness.test_tuner import experiment
 from tests.reports.test_reports import SLO, make_records, make_summary, make_trial

@@ -12,7 +12,8 @@ from harness.config import parse_config
 from harness.errors import ConfigError
 from harness.store import RunDir, TrialFiles, read_json
 from harness.summary import load_study
-from harness.tuner import Tuner, ctrl_c_latch
+from harness.trial_process import ctrl_c_latch
+from harness.tuner import Tuner
 
 
 def experiment(tmp_path: Path, *, trials=4, params=None, space=None, slo=None, timeout=60, requests=60,

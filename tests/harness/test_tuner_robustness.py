@@ -10,7 +10,9 @@ from harness.errors import ConfigError
 from harness.store import RunDir, TrialFiles
 from harness.summary import StudySummary, TrialRow, choose, load_study
 from harness.trial import PROBE_RECORDS
-from harness.tuner import PROBE_STEP, ProbePruner, Tuner, out_of_memory
+from harness.objectives import PROBE_STEP, ProbePruner
+from harness.trial_process import out_of_memory
+from harness.tuner import Tuner
 from tests.harness.test_tuner import experiment
 
 # out-of-memory regions ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from engine_adapters.trtllm_args import TrtllmKnobs, llm_api_options
 from engine_adapters.trtllm_serve import SERVE_SCRIPT, SERVE_YAML, TrtllmServeConfig
 from harness.store import write_json
 from harness.summary import TrialRow
-from harness.tuner import objective_value
+from harness.objectives import objective_value
 from reports import render_study_report
 from reports.recommended import write_deployment
 from tests.reports.test_reports import OBJECTIVE, XSS, make_records, make_result, make_summary

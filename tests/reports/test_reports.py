@@ -17,7 +17,7 @@ from harness.metrics import METRICS, SloLimit, compute
 from harness.records import RequestRecord, write_records
 from harness.store import SCHEMA_VERSION, write_json
 from harness.summary import StudySummary, TrialRow, choose, runner_up_confidence
-from harness.tuner import objective_value
+from harness.objectives import objective_value
 from reports import recommended_config, render_run_report, render_study_report, write_recommended
 from reports import figures
 from reports.html import format_number, format_percent
