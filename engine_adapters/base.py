@@ -66,7 +66,7 @@ class Hardware:
         try:
             visible = visible_gpu_indices(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), pynvml.nvmlDeviceGetCount())
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in ([] if isinstance(visible, str) else visible)]
-            names = tuple(_text(pynvml.nvmlDeviceGetName(h)) for h in handles)
+            names = tuple(nvml_text(pynvml.nvmlDeviceGetName(h)) for h in handles)
             mems = tuple(int(pynvml.nvmlDeviceGetMemoryInfo(h).total) for h in handles)
             cc = pynvml.nvmlDeviceGetCudaComputeCapability(handles[0]) if handles else None
             return cls(gpu_count=len(handles), gpu_names=names, gpu_memory_bytes=mems,
@@ -75,8 +75,9 @@ class Hardware:
             pynvml.nvmlShutdown()
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def nvml_text(value) -> str:
+    """An NVML string (bytes in older nvidia-ml-py releases, str in newer) as str."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def visible_gpu_indices(nvml: Any, visible: str | None, count: int) -> list[int] | str:
@@ -98,7 +99,7 @@ def visible_gpu_indices(nvml: Any, visible: str | None, count: int) -> list[int]
             try:
                 indices.append(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
             except nvml.NVMLError as e:
-                return f"CUDA_VISIBLE_DEVICES names {entry}, which NVML cannot find ({_text(e) or type(e).__name__})"
+                return f"CUDA_VISIBLE_DEVICES names {entry}, which NVML cannot find ({nvml_text(e) or type(e).__name__})"
         elif entry.startswith("MIG-"):
             return f"CUDA_VISIBLE_DEVICES names MIG device {entry}; MIG instances are not sampled"
         else:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from engine_adapters.base import visible_gpu_indices
+from engine_adapters.base import nvml_text, visible_gpu_indices
 
 _MIB = 1024 * 1024
 _NS_PER_S = 1e9
@@ -66,10 +66,6 @@ def _load_nvml(nvml: Any) -> tuple[Any, str | None]:
     except ImportError as e:
         return None, f"pynvml not importable ({e}); install it with `{_INSTALL_HINT}`"
     return pynvml, None
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _integrate(ts: Sequence[float], vs: Sequence[float | None]) -> tuple[float, float]:
@@ -194,7 +190,7 @@ class TelemetrySampler:
         try:
             nvml.nvmlInit()
         except Exception as e:  # NVMLError, or OSError etc. from a broken install: never fatal
-            return f"no GPU telemetry: nvmlInit failed ({_text(e) or type(e).__name__})"
+            return f"no GPU telemetry: nvmlInit failed ({nvml_text(e) or type(e).__name__})"
         self._nvml = nvml
         why = self._find_gpus()
         if why is not None:
@@ -223,9 +219,9 @@ class TelemetrySampler:
                 if not 0 <= i < count:
                     return f"no GPU telemetry: GPU index {i} not present (NVML sees {count})"
                 handle = nvml.nvmlDeviceGetHandleByIndex(i)
-                self._gpus.append(_GPU(i, handle, _text(nvml.nvmlDeviceGetName(handle))))
+                self._gpus.append(_GPU(i, handle, nvml_text(nvml.nvmlDeviceGetName(handle))))
         except nvml.NVMLError as e:
-            return f"no GPU telemetry: NVML device query failed ({_text(e) or type(e).__name__})"
+            return f"no GPU telemetry: NVML device query failed ({nvml_text(e) or type(e).__name__})"
         return None
 
     def _loop(self) -> None:
@@ -398,7 +394,7 @@ def driver_info(nvml: Any = None) -> dict[str, str] | None:
         driver = read(nvml.nvmlSystemGetDriverVersion)
         cuda = read(nvml.nvmlSystemGetCudaDriverVersion)  # e.g. 12040
         return {
-            "driver_version": _text(driver) if driver is not None else None,
+            "driver_version": nvml_text(driver) if driver is not None else None,
             "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda is not None else None,
         }
     finally:
