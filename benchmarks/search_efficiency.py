@@ -39,7 +39,7 @@ import yaml
 
 from harness.config import ExperimentConfig, parse_config
 from harness.store import RunDir, read_json, write_yaml
-from harness.objectives import objective_values, tell_result
+from harness.objectives import objective_values, tell_result, tell_unmeasured, trial_state
 from harness.trial_process import ctrl_c_latch
 from harness.tuner import MAX_REJECTED_IN_A_ROW, TrialOutcome, Tuner
 from reports.html import slo_text
@@ -120,13 +120,12 @@ def measure_grid(name: str, experiment: dict, space: dict, cache_dir: Path) -> G
 def read_grid(cfg: ExperimentConfig, run_dir: RunDir) -> Grid:
     """The measurements of a finished grid study (an interrupted attempt at a point is ignored: it was rerun)."""
     study = optuna.load_study(study_name=cfg.name, storage=run_dir.storage_url())
-    states = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.FAIL: "failed",
-              optuna.trial.TrialState.PRUNED: "infeasible"}
     points = {}
-    for t in study.get_trials(deepcopy=False, states=tuple(states)):
-        if t.user_attrs.get("interrupted"):
+    for t in study.get_trials(deepcopy=False):
+        state = trial_state(t)
+        if state not in ("complete", "failed", "infeasible"):  # an interrupted attempt was rerun
             continue
-        state = "rejected" if t.user_attrs.get("rejected_before_launch") else states[t.state]
+        state = "rejected" if t.user_attrs.get("rejected_before_launch") else state
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if state != "rejected" else 0.0
         result = read_json(run_dir.trial_dir(t.number) / "result.json") if state == "complete" else None
         points[point_key(t.params)] = Measurement(state, result, duration, t.user_attrs.get("reason"))
@@ -151,7 +150,7 @@ def replay(grid: Grid, sampler: str, seed: int, budget: int, workdir: Path) -> t
         m = grid.points[point_key(tuner.space.suggest(trial))]
         if m.state == "rejected":
             trial.set_user_attr("rejected_before_launch", True)
-            tuner.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            tell_unmeasured(tuner.study, trial, "infeasible", m.reason)
             rejected_in_a_row += 1
             continue
         rejected_in_a_row = 0
@@ -159,8 +158,7 @@ def replay(grid: Grid, sampler: str, seed: int, budget: int, workdir: Path) -> t
         if m.state == "complete":
             tell_result(tuner.study, trial, m.result, search)
         else:
-            tuner.study.tell(trial, state=optuna.trial.TrialState.FAIL if m.state == "failed"
-                             else optuna.trial.TrialState.PRUNED)
+            tell_unmeasured(tuner.study, trial, m.state, m.reason)
         if grid.good_enough(m):
             return trials, seconds, True
     return trials, seconds, False

@@ -68,6 +68,8 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
         console.print(f"study {tuner.study.study_name!r} in {tuner.storage_label}, shared with any other worker on it")
     if tuner.gpus:
         console.print(f"trials run side by side on GPUs {','.join(tuner.gpus)}")
+    for note in tuner.space_notes:
+        console.print(f"search space narrowed to what this machine can run: {note}")
     if already:
         console.print(f"resuming: {already} trial(s) already finished")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

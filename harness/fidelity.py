@@ -2,15 +2,16 @@
 
 Three comparisons, each a plain number a reader can check:
 
-- lengths, source -> generated: the source population's prompt and output lengths (a trace's window,
-  a dataset after filtering) against the requests generated from it (sampled, capped), as the
-  two-sample Kolmogorov-Smirnov statistic (0: same distribution; 1: disjoint);
+- lengths, source -> generated: the source's prompt and output lengths as recorded (before any
+  clipping, filtering or sampling: see workloads.profile) against the requests generated from it, as
+  the two-sample Kolmogorov-Smirnov statistic (0: same distribution; 1: disjoint), so clipping and
+  filtering show up as a KS above 0;
 - lengths, requested -> received: each request's output length as asked against what the engine
   streamed back (EOS, errors and truncation show up here), as KS plus a count of mismatched requests;
 - arrivals: mean rate and coefficient of variation (CV) of the gaps between consecutive requests, for
-  the source (after time scaling), the schedule (what the generator intended) and the dispatches (what
-  the client achieved), plus the schedule lag (dispatch - scheduled time). Closed-loop runs have no
-  schedule; only their achieved send rate is shown.
+  the source as recorded (before speedup / rate; `time_scale` is the divisor), the schedule (what the
+  generator intended) and the dispatches (what the client achieved), plus the schedule lag (dispatch -
+  scheduled time). Closed-loop runs have no schedule; only their achieved send rate is shown.
 
 Rows the source reader skipped are counted by reason, with the first few locations.
 """
@@ -75,7 +76,8 @@ def workload_fidelity(profile: SourceProfile, specs: Sequence[RequestSpec], reco
                           "ks_requested_vs_received": _ks([r.expected_output_tokens for r in ok], received),
                           "mismatched_requests": sum(r.output_tokens != r.expected_output_tokens for r in ok),
                           "compared_requests": len(ok)},
-        "arrivals": {"source": _gaps_stats(profile.inter_arrival_s),
+        "arrivals": {"source_recorded": _gaps_stats(profile.recorded_inter_arrival_s),
+                     "time_scale": profile.time_scale,
                      "intended": _gaps_stats(np.diff(scheduled)) if len(scheduled) == len(specs) else None,
                      "achieved": _gaps_stats(np.diff(dispatched)),
                      "schedule_lag_ms": None if lag is None else {k: lag[k] for k in ("p50", "p99", "max")}},

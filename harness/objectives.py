@@ -119,6 +119,35 @@ def tell_result(study: optuna.Study, trial: optuna.Trial, result: dict, search: 
     return values
 
 
+def tell_unmeasured(study: optuna.Study, trial: optuna.Trial, state: str, reason: str | None) -> None:
+    """Tell `study` a trial that has no measurement, with its reason: "failed" (FAIL), "pruned" (stopped after its
+    probe: PRUNED, keeping the probe as its intermediate value) or "infeasible" (PRUNED with the user attr
+    `infeasible`).
+
+    Infeasible points are PRUNED, not FAIL, because TPE models PRUNED trials (after the completed ones) and so
+    learns to stay out of a region that cannot run, while it ignores FAIL trials: in a simulation where the best
+    configs lie at a memory limit, TPE told FAIL kept proposing points beyond it (a median of 500 rejections for
+    15 trials, against 16 told PRUNED)."""
+    trial.set_user_attr("reason", reason)
+    if state in ("pruned", "infeasible"):
+        trial.set_user_attr("pruned_by_probe" if state == "pruned" else "infeasible", True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL if state == "failed" else optuna.trial.TrialState.PRUNED)
+
+
+_STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.FAIL: "failed",
+           optuna.trial.TrialState.RUNNING: "running", optuna.trial.TrialState.WAITING: "queued"}
+
+
+def trial_state(trial: optuna.trial.FrozenTrial) -> str:
+    """What happened to a trial: complete | failed | infeasible | pruned (after its probe) | interrupted | running |
+    queued (see `tell_unmeasured`; a PRUNED trial not stopped by its probe is infeasible)."""
+    if trial.user_attrs.get("interrupted"):
+        return "interrupted"
+    if trial.state == optuna.trial.TrialState.PRUNED:
+        return "pruned" if trial.user_attrs.get("pruned_by_probe") else "infeasible"
+    return _STATES.get(trial.state, trial.state.name.lower())
+
+
 class _AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler under ask/tell: its after_trial only calls Study.stop() once the grid is exhausted, which
     works inside optimize() alone; the tuner stops by itself (`Tuner._grid_done`)."""

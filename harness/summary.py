@@ -34,15 +34,12 @@ from harness.errors import ConfigError
 from harness.metrics import COST_METRICS, METRICS, SloLimit, cost_factor, request_meets_slo, request_values
 from harness.records import RequestRecord, read_records
 from harness.store import RunDir, TrialFiles, read_json
-from harness.objectives import PROBE_STEP, constraint_violations
+from harness.objectives import PROBE_STEP, constraint_violations, trial_state
 
 TIE_TOLERANCE = 0.01
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
-_STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "infeasible",
-           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
-           optuna.trial.TrialState.WAITING: "queued"}
 _FINISHED = ("complete", "failed", "infeasible", "pruned")
 
 
@@ -145,6 +142,7 @@ class StudySummary:
     importance: ParamImportance | None = None
     command: str | None = None  # the `harness tune` command that last ran the study (None: not recorded)
     run_dir: Path | None = None
+    space_narrowed: list[str] = field(default_factory=list)  # params the machine's GPU count narrowed (for_gpus)
 
     @property
     def objective(self) -> str:
@@ -187,8 +185,7 @@ def load_study(run_dir: RunDir, storage: str | None = None, study_name: str | No
     config = study.user_attrs["config"]
     rows = []
     for t in study.get_trials(deepcopy=False):
-        state = "interrupted" if t.user_attrs.get("interrupted") else \
-            "pruned" if t.user_attrs.get("pruned_by_probe") else _STATES.get(t.state, t.state.name.lower())
+        state = trial_state(t)
         tdir = run_dir.trial_dir(t.number)
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
@@ -206,7 +203,8 @@ def load_study(run_dir: RunDir, storage: str | None = None, study_name: str | No
             by_number[row.repeat_of].repeats.append(row)
     summary = StudySummary(name=config["name"], objectives=parse_objectives(config["search"]["objective"]),
                            config=config, space=config["search"]["space"], trials=rows,
-                           command=study.user_attrs.get(TUNE_COMMAND_ATTR), run_dir=run_dir.path)
+                           command=study.user_attrs.get(TUNE_COMMAND_ATTR), run_dir=run_dir.path,
+                           space_narrowed=study.user_attrs.get(SPACE_NARROWED_ATTR) or [])
     choose(summary)
     summary.confidence = runner_up_confidence(summary)
     summary.importance = param_importance(study, summary)
@@ -215,6 +213,9 @@ def load_study(run_dir: RunDir, storage: str | None = None, study_name: str | No
 
 #: The study user attribute holding the `harness tune` command line that last ran the study (set by the CLI).
 TUNE_COMMAND_ATTR = "tune_command"
+#: The study user attribute listing the params `SearchSpace.for_gpus` narrowed on the machine that last ran the
+#: study (set by the tuner).
+SPACE_NARROWED_ATTR = "space_narrowed"
 #: The share of completed trials that count as the best for `param_importance` (PED-ANOVA's own default), and the
 #: fewest that do (one best trial would only say how unusual its own values are).
 IMPORTANCE_TOP_QUANTILE = 0.1

@@ -1,9 +1,9 @@
 """The Optuna study: ask for a config, run it as a subprocess trial, tell the result.
 
 Trial states: COMPLETE (measured; objective = the metric, SLO misses are constraint violations),
-PRUNED (infeasible: broke a space rule or the adapter's check, or lies in the out-of-memory region
-of an earlier trial; never launched, or refused by the engine's own check; or, with `search.probe`,
-stopped after its probe: user attr `pruned_by_probe`), FAIL (the engine raised, crashed, failed
+PRUNED (user attr `infeasible`: broke a space rule or the adapter's check, or lies in the out-of-memory
+region of an earlier trial; never launched, or refused by the engine's own check; or `pruned_by_probe`:
+with `search.probe`, stopped after its probe), FAIL (the engine raised, crashed, failed
 preflight or exceeded `trial_timeout_s`; reason recorded; user attr `out_of_memory` when the reason
 or the log's end reads as an out-of-memory error). The study lives in SQLite in the run dir (or
 `--storage`); running the same command again resumes it: finished trials are kept, a trial cut off
@@ -58,9 +58,10 @@ from harness.config import ExperimentConfig, SearchSpec
 from harness.errors import ConfigError
 from harness.metrics import compute, gpus_per_replica
 from harness.objectives import (PROBE_STEP, UNDEFINED_OBJECTIVE, ProbePruner, make_sampler, objective_value,
-                                tell_result)
+                                tell_result, tell_unmeasured)
 from harness.records import read_records
 from harness.store import RunDir, TrialFiles, read_json, write_yaml
+from harness.summary import SPACE_NARROWED_ATTR
 from harness.trial import PROBE_RECORDS
 from harness.trial_process import out_of_memory, raise_if_ctrl_c, run_trial_process
 from search_spaces import SearchSpace, SpaceError, load_space
@@ -154,13 +155,17 @@ class Tuner:
         self.adapter = get_adapter(cfg.engine.kind)
         if (reason := self.adapter.unavailable()) is not None:
             raise ConfigError(f"engine.kind {cfg.engine.kind}: {reason}")
+        self.gpus = _check_gpu_ids(gpus or [])
+        try:
+            self.space, self.space_notes = self.space.for_gpus(self._gpu_count())
+        except SpaceError as exc:
+            raise ConfigError(f"search.space: {exc}") from None
         run_dir.path.mkdir(parents=True, exist_ok=True)
         try:
             sampler = make_sampler(cfg.search, self.space)
         except ValueError as exc:
             raise ConfigError(f"search.sampler {cfg.search.sampler}: {exc}") from None
         self.grid_size = math.prod(len(v) for v in self.space.grid().values()) if cfg.search.sampler == "grid" else None
-        self.gpus = _check_gpu_ids(gpus or [])
         self._stop = threading.Event()
         self._rejected_in_a_row = 0
         self._worker = f"{platform.node()}:{os.getpid()}"
@@ -173,6 +178,7 @@ class Tuner:
         self._heartbeats = is_heartbeat_enabled(self.study._storage)
         with self._study_lock():  # two workers starting a new study at once set it up once
             self._check_same_experiment()
+            self.study.set_user_attr(SPACE_NARROWED_ATTR, self.space_notes)
             if not self.study.trials:
                 self._enqueue_warm_start()
 
@@ -242,10 +248,17 @@ class Tuner:
             yield
 
     def _enqueue_warm_start(self) -> None:
-        """Queue the space's warm-start points, snapped onto the space, as a new study's first trials."""
+        """Queue the space's warm-start points, snapped onto the space, as a new study's first trials. The engine
+        heuristic sets only some knobs (trtllm-bench: max_batch_size, max_num_tokens); the others are the engine
+        config's own values, as the heuristic assumed them (e.g. tp 1), not sampled. A point's other params are
+        sampled."""
         for entry in self.space.warm_start:
             if entry == "engine-heuristic":
                 point, source = self._engine_heuristic(), f"{self.cfg.engine.kind} engine heuristic"
+                if point:
+                    configured = self.cfg.engine.resolve().model_dump(mode="json")
+                    point = {**{k: configured[k] for k in self.space.params if configured.get(k) is not None},
+                             **point}
             else:
                 point, source = entry, "warm_start point"
             if point:
@@ -466,9 +479,8 @@ class Tuner:
                 if not reason:
                     self._rejected_in_a_row = 0
                     return launch
-                launch.trial.set_user_attr("reason", reason)
                 launch.trial.set_user_attr("rejected_before_launch", True)
-                self.study.tell(launch.trial, state=optuna.trial.TrialState.PRUNED)
+                tell_unmeasured(self.study, launch.trial, "infeasible", reason)
             except BaseException:
                 self._interrupt(launch)
                 raise
@@ -485,8 +497,7 @@ class Tuner:
         """Why `params` cannot be launched here (None when they can), and how many of `gpus` they need (0 when
         the tuner assigns no GPUs). `oom_region`: also reject points in an earlier trial's out-of-memory region
         (not for repeats, whose config ran)."""
-        gpus = len(self.gpus) or max(self.hardware.gpu_count, 1)
-        if rule := self.space.broken_rule(params, gpus):
+        if rule := self.space.broken_rule(params, self._gpu_count()):
             return f"breaks search-space rule: {rule}", 0
         if oom_region and (why := self._oom_region_reason(params)):
             return why, 0
@@ -500,6 +511,10 @@ class Tuner:
                     f"{len(self.gpus)}"), need
         return (self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens()),
                 need if self.gpus else 0)
+
+    def _gpu_count(self) -> int:
+        """The `gpus` of the space's rules: those given to `--gpus`, else the machine's (at least 1)."""
+        return len(self.gpus) or max(self.hardware.gpu_count, 1)
 
     def _oom_region_reason(self, params: dict) -> str | None:
         """Why `params` are not launched when they lie in the out-of-memory region of an earlier trial (one that
@@ -580,13 +595,9 @@ class Tuner:
         outcome = partial(TrialOutcome, number, params=params, repeat_of=launch.repeat_of)
         try:
             if state != "complete":
-                trial.set_user_attr("reason", reason)
-                if state == "pruned":
-                    trial.set_user_attr("pruned_by_probe", True)
-                elif state == "failed" and out_of_memory(reason, trial_dir / TrialFiles.LOG):
+                if state == "failed" and out_of_memory(reason, trial_dir / TrialFiles.LOG):
                     trial.set_user_attr("out_of_memory", True)
-                tstate = optuna.trial.TrialState.FAIL if state == "failed" else optuna.trial.TrialState.PRUNED
-                self.study.tell(trial, state=tstate)
+                tell_unmeasured(self.study, trial, state, reason)
                 return outcome(state=state, reason=reason)
             if not launch.probe_reported and (trial_dir / PROBE_RECORDS).exists():  # it ended before it was judged
                 self._report_probe(launch)  # as a peer for later trials' probes

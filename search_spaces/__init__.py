@@ -36,8 +36,10 @@ Imports neither the harness nor any engine.
 from __future__ import annotations
 
 import ast
+import itertools
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -45,6 +47,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPACES_DIR = Path(__file__).parent
+#: Rules over more combinations of categorical choices than this are not used to narrow a space (`for_gpus`).
+_MAX_RULE_COMBINATIONS = 100_000
 
 
 class SpaceError(ValueError):
@@ -135,6 +139,11 @@ class Rule:
     text: str
     tree: ast.Expression
 
+    @property
+    def names(self) -> set[str]:
+        """The names the rule reads (params and `gpus`)."""
+        return {node.id for node in ast.walk(self.tree) if isinstance(node, ast.Name)}
+
     @classmethod
     def parse(cls, text: str, names: set[str]) -> "Rule":
         try:
@@ -221,6 +230,41 @@ class SearchSpace:
         """The first rule `values` break (its text), or None when all hold."""
         env = {**values, "gpus": gpus}
         return next((r.text for r in self.rules if not r.holds(env)), None)
+
+    def for_gpus(self, gpus: int) -> tuple["SearchSpace", list[str]]:
+        """The space as a machine with `gpus` GPUs can run it, and a note per narrowed param.
+
+        A categorical choice is dropped when no combination of choices of the rule's params holds with it, for
+        each rule over categorical params only (e.g. `tensor_parallel_size * pipeline_parallel_size <= gpus`
+        on one GPU keeps tp 1 and pp 1): the sampler never proposes what could not launch here, which matters
+        because TPE samples each param on its own and cannot learn a joint limit from rejected points. Rules
+        over ranges are left to the check before launch. Raises SpaceError when a param has no choice left."""
+        params = dict(self.params)
+        changed = True
+        while changed:  # a param narrowed by one rule may narrow another through a second rule
+            changed = False
+            for rule in self.rules:
+                names = sorted(rule.names - {"gpus"})
+                if not names or not all(isinstance(params.get(n), CategoricalParam) for n in names) or \
+                        math.prod(len(params[n].choices) for n in names) > _MAX_RULE_COMBINATIONS:
+                    continue
+                kept = {n: set() for n in names}
+                for combo in itertools.product(*(params[n].choices for n in names)):
+                    if rule.holds({**dict(zip(names, combo)), "gpus": gpus}):
+                        for n, v in zip(names, combo):
+                            kept[n].add(v)
+                for n in names:
+                    choices = [c for c in params[n].choices if c in kept[n]]
+                    if not choices:
+                        raise SpaceError(f"{self.source}: no value of {n} satisfies the rule {rule.text!r} with "
+                                         f"gpus = {gpus}")
+                    if len(choices) < len(params[n].choices):
+                        params[n] = CategoricalParam(type="categorical", choices=choices)
+                        changed = True
+        notes = [f"{n}: {', '.join(map(str, p.choices))} of {', '.join(map(str, self.params[n].choices))} "
+                 f"(the others break a rule with {gpus} GPU{'s' if gpus != 1 else ''})"
+                 for n, p in params.items() if p is not self.params[n]]
+        return replace(self, params=params), notes
 
     def in_oom_region(self, point: dict[str, Any], oom_point: dict[str, Any]) -> bool:
         """Whether `point` needs at least the memory of `oom_point`, a point that ran out of memory: the same

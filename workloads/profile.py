@@ -1,9 +1,9 @@
 """What a workload's source looked like, for the fidelity summary, and how bad source rows are handled.
 
-Every workload, once `generate` has run, describes its source with a `SourceProfile`: the length
-distributions and inter-arrival times of the population the requests were drawn from (a trace's
-window, a dataset after filtering, before sampling), the rows read and the rows skipped with why.
-`harness.fidelity` compares it with what was generated and with what the run actually sent.
+Every workload, once `generate` has run, describes its source with a `SourceProfile`: the lengths and
+inter-arrival times of the source AS RECORDED, before the workload clipped, filtered, sampled or
+rescaled anything, the rows read and the rows skipped with why. `harness.fidelity` compares it with
+what was generated and with what the run actually sent, so the comparison shows every such change.
 """
 from __future__ import annotations
 
@@ -67,11 +67,16 @@ class BadRows:
 class SourceProfile:
     """The source population of a workload as replayed (see the module docstring).
 
-    `input_tokens` / `output_tokens`: the source's lengths (None where the source has none, e.g. text
-    prompts with no tokenizer); `inter_arrival_s`: the source's gaps between consecutive requests
-    after any time scaling (None when the source has no times: synthetic and dataset workloads);
+    `input_tokens` / `output_tokens`: the source's lengths as recorded, before any clipping, length
+    filter or sampling, of the rows the workload selects from: a trace's rows that the window and then
+    `requests: N` (the first N of the window) pick, one per request replayed, with their recorded lengths
+    even where `max_*_tokens` clips them; a dataset's usable rows (not bad), before its length filters
+    and its `requests` sample. None where the source has no lengths (e.g. text prompts and no tokenizer).
+    `recorded_inter_arrival_s`: the gaps between consecutive selected rows as recorded, before
+    `speedup` / `rate`; `time_scale`: what the replay divides recorded time by (the schedule's gaps are
+    these gaps / time_scale). Both None when the source has no times (synthetic and dataset workloads).
     `rows_read`: rows looked at; `rows_used`: rows the requests come from; `notes`: anything a reader
-    must know (approximate lengths, truncation, ...).
+    must know (approximate lengths, how many rows were clipped, ...).
     """
 
     kind: str
@@ -80,7 +85,8 @@ class SourceProfile:
     rows_used: int
     input_tokens: list[int] | None = None
     output_tokens: list[int] | None = None
-    inter_arrival_s: list[float] | None = None
+    recorded_inter_arrival_s: list[float] | None = None
+    time_scale: float | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -3,8 +3,10 @@
 Formats (`format: auto` picks by extension, `.csv` / `.jsonl`, else by the first line):
 
 - `azure`: the Azure LLM inference trace CSV (Azure/AzurePublicDataset), header
-  `TIMESTAMP,ContextTokens,GeneratedTokens`, rows like `2023-11-16 18:17:03.9799600,4808,10`.
-  Timestamps are read exactly (to the nanosecond, never through float seconds).
+  `TIMESTAMP,ContextTokens,GeneratedTokens`, rows like `2023-11-16 18:17:03.9799600,4808,10` (2023)
+  or `2024-05-10 00:00:00.009930+00:00,2048,28` (2024). Timestamps are read exactly (to the nanosecond,
+  never through float seconds); one with a UTC offset (`+HH:MM`, `-HH:MM`, `Z`) is moved to UTC by
+  integer arithmetic, one without is taken as UTC.
 - `mooncake`: the Mooncake trace JSONL, one object a line:
   `{"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [46, 47, ...]}`,
   the timestamp in milliseconds from the trace start; hash id k names the k-th block of `block_size`
@@ -21,16 +23,21 @@ requests get None.
 Time: the trace's first usable row is time 0; `window` keeps the rows in [start_s, start_s +
 duration_s) of recorded time, then `requests` keeps the first N of those; the gaps between the kept
 rows are divided by `speedup`, or scaled so that the mean rate (requests - 1) / (last send - first
-send) is `rate`. The first kept request is sent at 0.
+send) is `rate` (the source profile's `time_scale` is the divisor either way). The first kept request is
+sent at 0.
 
 Lengths above `max_input_tokens` / `max_output_tokens` are clipped to the cap, not skipped, so the
-arrival process stays as recorded; the source profile notes how many rows were clipped.
+arrival process stays as recorded. The source profile holds the kept rows' lengths as recorded, before
+clipping, and notes how many rows were clipped, so the fidelity summary's KS statistic shows the change.
 
 Bad rows (invalid JSON, a missing field, a length that is not a positive integer, an unparseable
-timestamp, hash ids that do not fit the input length, a timestamp earlier than the previous usable
-row: rows are never reordered) raise BadRowError naming file and line with `on_bad_row: error`;
-with `skip` they are counted by reason. The file is read when the config is validated and reading
-stops at the first usable row past the window (or once `requests` rows are kept).
+timestamp, hash ids that do not fit the input length, a row out of time order) raise BadRowError naming
+file and line with `on_bad_row: error`; with `skip` they are counted by reason. Rows are never
+reordered. Out of order is a row earlier than the last row kept ("timestamp earlier than the previous
+row"), or a row later than the next parseable row where dropping it restores the order ("timestamp
+later than the next row"): so one row that jumps ahead in time costs only itself, not every row after
+it, and never ends the window early. The file is read when the config is validated; reading stops
+once the first row past the window (or the `requests`-th kept row) is known to be in order.
 
 Paths: a relative `path` is resolved against the working directory; `builtin:NAME` names a trace
 shipped in `workloads/data/` (the `code-completion` catalog workload replays
@@ -58,7 +65,7 @@ from workloads.request import RequestSpec, TokenSpace
 DATA_DIR = Path(__file__).parent / "data"
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 _AZURE_FIELDS = AZURE_HEADER.split(",")
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9})?")
+_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?)(Z|[+-]\d{2}:\d{2})?")
 _INTEGER = re.compile(r"-?[0-9]+")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -107,14 +114,27 @@ def _azure_row(line: int, text: str, block_size: int) -> TraceRow:
         if not value:
             raise _Bad(f"missing {name}")
     stamp, context, generated = fields
-    if not _TIMESTAMP.fullmatch(stamp):
+    return TraceRow(line, _utc_ns(stamp), _length(_csv_int(context), "ContextTokens", "input"),
+                    _length(_csv_int(generated), "GeneratedTokens", "output"))
+
+
+def _utc_ns(stamp: str) -> int:
+    """Nanoseconds since the epoch (UTC) of an ISO date and time, exactly; no UTC offset means UTC."""
+    match = _TIMESTAMP.fullmatch(stamp)
+    if not match:
         raise _Bad("unparseable TIMESTAMP")
+    local, offset = match.groups()
     try:
-        t_ns = int(np.datetime64(stamp, "ns").astype(np.int64))
+        t_ns = int(np.datetime64(local, "ns").astype(np.int64))
     except ValueError:  # well-formed but impossible, e.g. month 13
         raise _Bad("unparseable TIMESTAMP") from None
-    return TraceRow(line, t_ns, _length(_csv_int(context), "ContextTokens", "input"),
-                    _length(_csv_int(generated), "GeneratedTokens", "output"))
+    if offset is None or offset == "Z":
+        return t_ns
+    hours, minutes = int(offset[1:3]), int(offset[4:6])
+    if hours > 23 or minutes > 59:
+        raise _Bad("unparseable TIMESTAMP")
+    sign = 1 if offset[0] == "+" else -1
+    return t_ns - sign * (hours * 60 + minutes) * 60 * 10**9
 
 
 def _csv_int(text: str) -> int | str:
@@ -179,23 +199,24 @@ def read_trace(path: Path, fmt: Literal["azure", "mooncake"], bad: BadRows, *, b
         if header is None or header.strip() != AZURE_HEADER:
             got = "nothing" if not header else repr(header.strip()[:80])
             raise ValueError(f"{path}:1: expected the Azure trace header {AZURE_HEADER!r}, got {got}")
-    rows: list[TraceRow] = []
     read = 0
-    first_ns = prev_ns = None
-    for line, text in lines:
-        if text is not None and not text.strip():
-            continue
-        read += 1
-        try:
-            if text is None:
-                raise _Bad("not UTF-8 text")
-            row = parse(line, text.strip(), block_size)
-            if prev_ns is not None and row.t_ns < prev_ns:
-                raise _Bad("timestamp earlier than the previous row")
-        except _Bad as reason:
-            bad.add(f"{path}:{line}", str(reason))
-            continue
-        prev_ns = row.t_ns
+
+    def parsed() -> Iterator[TraceRow]:
+        nonlocal read
+        for line, text in lines:
+            if text is not None and not text.strip():
+                continue
+            read += 1
+            try:
+                if text is None:
+                    raise _Bad("not UTF-8 text")
+                yield parse(line, text.strip(), block_size)
+            except _Bad as reason:
+                bad.add(f"{path}:{line}", str(reason))
+
+    rows: list[TraceRow] = []
+    first_ns = None
+    for row in _in_time_order(parsed(), bad, path):
         first_ns = row.t_ns if first_ns is None else first_ns
         t = row.t_ns - first_ns
         if end_ns is not None and t >= end_ns:
@@ -205,6 +226,26 @@ def read_trace(path: Path, fmt: Literal["azure", "mooncake"], bad: BadRows, *, b
             if limit is not None and len(rows) >= limit:
                 break
     return rows, read
+
+
+def _in_time_order(rows: Iterator[TraceRow], bad: BadRows, path: Path) -> Iterator[TraceRow]:
+    """`rows` less those out of time order (see the module docstring), reported to `bad`; a row is
+    yielded once the next row shows it in order (or the rows end)."""
+    kept = held = None  # the last row yielded; the row waiting for the next one
+    for row in rows:
+        if held is not None:
+            if row.t_ns < held.t_ns and (kept is None or row.t_ns >= kept.t_ns):
+                bad.add(f"{path}:{held.line}", "timestamp later than the next row")
+            else:
+                yield held
+                kept = held
+            held = None
+        if kept is not None and row.t_ns < kept.t_ns:
+            bad.add(f"{path}:{row.line}", "timestamp earlier than the previous row")
+        else:
+            held = row
+    if held is not None:
+        yield held
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -241,14 +282,14 @@ class _Prompts:
 
 @dataclass(frozen=True)
 class _Replay:
-    """What validation read: the rows replayed (lengths clipped) and their send offsets."""
+    """What validation read: the rows replayed (as recorded: unclipped), their send offsets, which are
+    the recorded times divided by `time_scale`, and the rows looked at."""
 
     rows: list[TraceRow]
     offsets_s: np.ndarray
+    time_scale: float
     rows_read: int
     bad: BadRows
-    clipped_input: int
-    clipped_output: int
 
 
 class TraceWindow(BaseModel):
@@ -318,25 +359,24 @@ class TraceWorkload(BaseModel):
                              f"{self.cooldown_requests}) leave no measured request out of {n}")
         recorded = np.array([r.t_ns - rows[0].t_ns for r in rows], dtype=np.int64) / 1e9
         if self.rate is None:
-            offsets = recorded / self.speedup
+            scale = self.speedup
         elif n == 1:
-            offsets = recorded
+            scale = 1.0
         elif recorded[-1] == 0:
             raise ValueError(f"rate: cannot rescale {path}: all {n} requests have the same timestamp")
         else:
-            offsets = recorded * ((n - 1) / (recorded[-1] * self.rate))
-        cap_in, cap_out = self.max_input_tokens, self.max_output_tokens
-        clipped = [TraceRow(r.line, r.t_ns, min(r.input_tokens, cap_in or r.input_tokens),
-                            min(r.output_tokens, cap_out or r.output_tokens), r.hash_ids) for r in rows]
-        self._replay = _Replay(
-            rows=clipped, offsets_s=offsets, rows_read=read, bad=bad,
-            clipped_input=sum(cap_in is not None and r.input_tokens > cap_in for r in rows),
-            clipped_output=sum(cap_out is not None and r.output_tokens > cap_out for r in rows))
+            scale = recorded[-1] * self.rate / (n - 1)
+        self._replay = _Replay(rows=rows, offsets_s=recorded / scale, time_scale=float(scale), rows_read=read, bad=bad)
         return self
+
+    def _lengths(self, row: TraceRow) -> tuple[int, int]:
+        """(prompt, output) tokens a row is replayed with: as recorded, clipped to the caps."""
+        return (min(row.input_tokens, self.max_input_tokens or row.input_tokens),
+                min(row.output_tokens, self.max_output_tokens or row.output_tokens))
 
     def max_sequence_tokens(self) -> int:
         """Longest prompt + output among the requests replayed (after clipping)."""
-        return max(r.input_tokens + r.output_tokens for r in self._replay.rows)
+        return max(sum(self._lengths(r)) for r in self._replay.rows)
 
     def generate(self, token_space: TokenSpace) -> Iterator[RequestSpec]:
         """Yield the requests in trace order; the same config and token space give the same requests."""
@@ -344,14 +384,15 @@ class TraceWorkload(BaseModel):
         prompts = _Prompts(self.seed, token_space)
         first_blocks = Counter(r.hash_ids[0] for r in replay.rows if r.hash_ids)
         for i, (row, offset) in enumerate(zip(replay.rows, replay.offsets_s.tolist())):
+            n_in, n_out = self._lengths(row)
             if row.hash_ids is None:
-                ids = prompts.random("row", row.line, row.input_tokens)
+                ids = prompts.random("row", row.line, n_in)
             else:
-                ids = prompts.blocked(row, row.input_tokens, self.block_size)
+                ids = prompts.blocked(row, n_in, self.block_size)
             shared = bool(row.hash_ids) and first_blocks[row.hash_ids[0]] > 1
             yield RequestSpec(
                 id=f"req-{i:06d}",
-                max_output_tokens=row.output_tokens,
+                max_output_tokens=n_out,
                 prompt_token_ids=ids,
                 scheduled_offset_s=offset,
                 shared_prefix_id=f"hash-{row.hash_ids[0]}" if shared else None,
@@ -359,26 +400,31 @@ class TraceWorkload(BaseModel):
             )
 
     def source_profile(self) -> SourceProfile:
-        """The replayed rows: lengths after clipping, gaps after scaling, bad rows by reason."""
-        replay = self._replay
+        """The replayed rows as recorded (lengths before clipping, gaps before scaling), the time scale,
+        how many rows were clipped, bad rows by reason."""
+        replay, rows = self._replay, self._replay.rows
         notes = ["prompts are synthesized token ids of the exact recorded length; the trace has no text"]
         if self.format == "mooncake":
             notes.append(f"equal hash ids are identical {self.block_size}-token blocks, so prompts share "
                          "prefixes as recorded")
-        for n, what, cap in ((replay.clipped_input, "input", self.max_input_tokens),
-                             (replay.clipped_output, "output", self.max_output_tokens)):
-            if n:
-                notes.append(f"{n} rows had their {what} length clipped to max_{what}_tokens {cap}")
+        for field, what, cap in (("input_tokens", "input", self.max_input_tokens),
+                                 ("output_tokens", "output", self.max_output_tokens)):
+            clipped = sum(cap is not None and getattr(r, field) > cap for r in rows)
+            if clipped:
+                notes.append(f"{clipped:,} of {len(rows):,} rows had their {what} length clipped to "
+                             f"max_{what}_tokens {cap}")
         return SourceProfile.with_bad_rows(
             replay.bad, kind="trace", description=self._describe(), rows_read=replay.rows_read,
-            rows_used=len(replay.rows), input_tokens=[r.input_tokens for r in replay.rows],
-            output_tokens=[r.output_tokens for r in replay.rows],
-            inter_arrival_s=np.diff(replay.offsets_s).tolist(), notes=notes)
+            rows_used=len(rows), input_tokens=[r.input_tokens for r in rows],
+            output_tokens=[r.output_tokens for r in rows],
+            recorded_inter_arrival_s=(np.diff([r.t_ns for r in rows]) / 1e9).tolist(),
+            time_scale=replay.time_scale, notes=notes)
 
     def _describe(self) -> str:
         w = self.window
         end = "end" if w.duration_s is None else f"{w.start_s + w.duration_s:g} s"
-        timing = (f"rescaled to a mean of {self.rate:g} req/s" if self.rate is not None
+        timing = (f"rescaled to a mean of {self.rate:g} req/s (recorded time / {self._replay.time_scale:.4g})"
+                  if self.rate is not None
                   else f"speedup {self.speedup:g}x" if self.speedup != 1 else "at recorded speed")
         return (f"{self.path} ({self.format} trace), recorded time {w.start_s:g} s to {end}, "
                 f"{len(self._replay.rows)} requests, {timing}")

@@ -295,7 +295,7 @@ def test_each_trial_gets_as_many_free_gpus_as_it_needs(tmp_path, monkeypatch):
     for t in complete:
         assert len(t.user_attrs["gpus"]) == (2 if t.params["max_batch_size"] == 16 else 1)
     too_big = [t for t in trials if t.params["max_batch_size"] == 64]
-    assert too_big and all(t.state.name == "PRUNED" and "needs 4 GPUs" in t.user_attrs["reason"]
+    assert too_big and all(t.state.name == "PRUNED" and t.user_attrs["infeasible"] and "needs 4 GPUs" in t.user_attrs["reason"]
                            and "--gpus lists 3" in t.user_attrs["reason"] for t in too_big)
     assert not any(run.trial_dir(t.number).exists() for t in too_big)
     together = overlapping_pairs(run, complete)

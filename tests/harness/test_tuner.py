@@ -104,8 +104,8 @@ def test_engine_errors_and_timeouts_fail_the_trial_with_the_reason(tmp_path):
 
 
 def test_infeasible_points_are_pruned_before_launch(tmp_path):
-    space = {"name": "s", "engine": "mock",
-             "params": {"max_batch_size": {"type": "categorical", "choices": [8, 64]},
+    space = {"name": "s", "engine": "mock",  # a range: the rule cannot narrow it (SearchSpace.for_gpus)
+             "params": {"max_batch_size": {"type": "int", "low": 8, "high": 64, "step": 56},
                         "max_num_tokens": {"type": "categorical", "choices": [16]}},
              "rules": ["max_num_tokens >= max_batch_size * 2"]}
     run_dir = RunDir(tmp_path / "run")
@@ -121,10 +121,14 @@ def test_infeasible_points_are_pruned_before_launch(tmp_path):
 
 
 def test_a_space_with_nothing_feasible_stops_with_a_clear_error(tmp_path):
-    space = {"name": "s", "engine": "mock", "params": {"max_batch_size": {"type": "categorical", "choices": [8, 64]}},
+    space = {"name": "s", "engine": "mock", "params": {"max_batch_size": {"type": "int", "low": 8, "high": 64}},
              "rules": ["max_batch_size > 100"]}
     with pytest.raises(ConfigError, match=r"the last 50 points sampled were all infeasible .*max_batch_size > 100"):
         Tuner(experiment(tmp_path, trials=2, space=space), RunDir(tmp_path / "run"), config_dir=tmp_path).run()
+    space["params"]["max_batch_size"] = {"type": "categorical", "choices": [8, 64]}  # found before any trial
+    with pytest.raises(ConfigError, match=r"no value of max_batch_size satisfies the rule 'max_batch_size > 100' "
+                                          r"with gpus = 1"):
+        Tuner(experiment(tmp_path, trials=2, space=space), RunDir(tmp_path / "run2"), config_dir=tmp_path)
 
 
 def test_no_trial_meeting_the_slo_names_the_closest_miss(tmp_path):
@@ -146,17 +150,21 @@ def test_tpe_sampler_with_slo_constraints_runs(tmp_path):
 
 def test_warm_start_points_run_first_snapped_onto_the_space(tmp_path):
     """The mock's heuristic: KV pool 3,000 tokens / (16 + 8) per sequence = batch 125, token budget
-    125 * 16 = 2,000: snapped to the space, batch 64 (the high end) and 2048 (the nearest choice)."""
+    125 * 16 = 2,000: snapped to the space, batch 64 (the high end) and 2048 (the nearest choice). The knobs it
+    does not set are the engine config's (kv_cache_fraction 1.0, quantization none), which it assumed."""
     space = {"name": "warm", "engine": "mock",
              "params": {"max_batch_size": {"type": "int", "low": 1, "high": 64},
-                        "max_num_tokens": {"type": "categorical", "choices": [256, 2048]}},
+                        "max_num_tokens": {"type": "categorical", "choices": [256, 2048]},
+                        "kv_cache_fraction": {"type": "categorical", "choices": [0.5, 1.0]},
+                        "quantization": {"type": "categorical", "choices": ["fp8", "int8", "none"]}},
              "warm_start": ["engine-heuristic", {"max_batch_size": 3}]}
     cfg = experiment(tmp_path, trials=3, space=space, params={"kv_pool_tokens": 3000, "kv_cache_fraction": 1.0})
     run_dir = RunDir(tmp_path / "run")
     tuner = Tuner(cfg, run_dir, config_dir=tmp_path)
     tuner.run()
     trials = sorted(tuner.study.trials, key=lambda t: t.number)
-    assert trials[0].params == {"max_batch_size": 64, "max_num_tokens": 2048}
+    assert trials[0].params == {"max_batch_size": 64, "max_num_tokens": 2048, "kv_cache_fraction": 1.0,
+                                "quantization": "none"}
     assert trials[0].user_attrs["warm_start"] == "mock engine heuristic"
     assert trials[1].params["max_batch_size"] == 3 and trials[1].user_attrs["warm_start"] == "warm_start point"
     assert "warm_start" not in trials[2].user_attrs
@@ -178,15 +186,15 @@ def test_warm_start_params_must_be_in_the_space(tmp_path):
 
 def test_grid_sampler_tries_every_point_once_then_stops(tmp_path):
     space = {"name": "g", "engine": "mock",
-             "params": {"max_batch_size": {"type": "categorical", "choices": [1, 4, 16]},
+             "params": {"max_batch_size": {"type": "int", "low": 1, "high": 13, "step": 6},
                         "kv_cache_fraction": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.4}},
-             "rules": ["max_batch_size < 16"]}
+             "rules": ["max_batch_size < 13"]}
     run_dir = RunDir(tmp_path / "run")
     Tuner(experiment(tmp_path, trials=50, space=space, sampler="grid", requests=12), run_dir, config_dir=tmp_path).run()
     trials = load_study(run_dir).trials
     assert sorted((t.params["max_batch_size"], t.params["kv_cache_fraction"]) for t in trials) == [
-        (1, 0.5), (1, 0.9), (4, 0.5), (4, 0.9), (16, 0.5), (16, 0.9)]
-    assert sum(t.state == "complete" for t in trials) == 4  # batch 16 breaks the rule: rejected, never launched
+        (1, 0.5), (1, 0.9), (7, 0.5), (7, 0.9), (13, 0.5), (13, 0.9)]
+    assert sum(t.state == "complete" for t in trials) == 4  # batch 13 breaks the rule: rejected, never launched
 
 
 def test_grid_needs_a_step_for_float_params(tmp_path):

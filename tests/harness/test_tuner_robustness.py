@@ -4,6 +4,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from engine_adapters import Hardware
 from engine_adapters.mock import MockConfig, simulate
 from harness.config import Objective
 from harness.errors import ConfigError
@@ -225,3 +226,45 @@ def test_each_launch_notes_whether_its_engine_needs_a_build(tmp_path):
     assert starts == {change: [t.result["engine_start_s"] for t in summary.trials if t.engine_change == change]
                       for change in ("rebuild", "restart")}
     assert len(starts["rebuild"]) == len(starts["restart"]) == 2
+
+
+
+# points that cannot run here --------------------------------------------------------------------------
+
+def test_choices_no_point_of_which_can_run_here_are_never_sampled(tmp_path):
+    """Like tensor_parallel_size [1, 2, 4, 8] x pipeline_parallel_size [1, 2] on one GPU, where one point in eight
+    passes the rule: TPE samples each param on its own, so it cannot learn that joint limit from rejected points
+    (with the trtllm-default space on one GPU it gave up after 50 rejections in a row, no trial run). The space is
+    narrowed to this machine first; the study records how."""
+    space = {"name": "mostly-infeasible", "engine": "mock",
+             "params": {"max_batch_size": {"type": "categorical", "choices": [1, 2, 4, 8]},
+                        "max_num_tokens": {"type": "categorical", "choices": [2048, 4096]},
+                        "kv_cache_fraction": {"type": "float", "low": 0.5, "high": 0.9}},
+             "rules": ["max_batch_size * max_num_tokens <= 2048 * gpus"]}
+    cfg = experiment(tmp_path, trials=3, space=space, sampler="tpe", seed=3, requests=20)
+    run_dir = RunDir(tmp_path / "run")
+    tuner = Tuner(cfg, run_dir, config_dir=tmp_path, hardware=Hardware(gpu_count=0))
+    assert tuner.space_notes == ["max_batch_size: 1 of 1, 2, 4, 8 (the others break a rule with 1 GPU)",
+                                 "max_num_tokens: 2048 of 2048, 4096 (the others break a rule with 1 GPU)"]
+    tuner.run()
+    summary = load_study(run_dir)
+    assert [t.state for t in summary.trials] == ["complete"] * 3
+    assert {(t.params["max_batch_size"], t.params["max_num_tokens"]) for t in summary.trials} == {(1, 2048)}
+    assert summary.space_narrowed == tuner.space_notes
+
+
+def test_infeasible_points_are_pruned_so_tpe_learns_to_avoid_them(tmp_path):
+    """A rule over a range cannot narrow the space; its rejected points are told PRUNED (user attr `infeasible`),
+    which TPE models, rather than FAIL, which it ignores (harness.objectives.tell_unmeasured)."""
+    space = {"name": "range-rule", "engine": "mock",
+             "params": {"max_batch_size": {"type": "int", "low": 1, "high": 64, "log": True}},
+             "rules": ["max_batch_size <= 8"]}
+    cfg = experiment(tmp_path, trials=3, space=space, seed=0, requests=20)
+    run_dir = RunDir(tmp_path / "run")
+    tuner = Tuner(cfg, run_dir, config_dir=tmp_path)
+    assert tuner.space_notes == []
+    tuner.run()
+    rejected = [t for t in tuner.study.get_trials() if t.user_attrs.get("rejected_before_launch")]
+    assert rejected, "precondition: seed 0 samples a batch above 8"
+    assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["infeasible"] for t in rejected)
+    assert {t.number for t in load_study(run_dir).trials if t.state == "infeasible"} == {t.number for t in rejected}

@@ -77,7 +77,8 @@ def make_result(records: list[RequestRecord], engine_config: dict, *, simulated:
 
 
 FIDELITY_SOURCE = SourceProfile(kind="trace", description="trace <b>code</b>.csv", rows_read=50, rows_used=40,
-                                input_tokens=[64] * 40, output_tokens=[16] * 40, inter_arrival_s=[0.1] * 39,
+                                input_tokens=[64] * 40, output_tokens=[16] * 40,
+                                recorded_inter_arrival_s=[0.5] * 39, time_scale=5.0,
                                 skipped={"non-numeric ContextTokens": 10},
                                 skipped_examples=["t.csv:7: non-numeric ContextTokens <script>"])
 
@@ -277,6 +278,56 @@ def test_run_report(tmp_path):
     assert "t.csv:7: non-numeric ContextTokens &lt;script&gt;" in html and "<script" not in html
     assert "<td>non-numeric ContextTokens</td><td class=\"num\">10</td>" in html
     assert "max_batch_size" in html and ">12<" in html
+
+
+def fidelity_section(html: str) -> str:
+    return html.split("<h3>Workload fidelity</h3>", 1)[1].split("<h3>", 1)[0]
+
+
+def test_fidelity_section_shows_ks_rates_cvs_and_lag(tmp_path):
+    """41 requests scheduled every 100 ms, dispatched 0 or 20 ms late in turn: achieved gaps 120/80 ms (CV 0.2);
+    the source recorded 0.3/0.7 s gaps (2 req/s, CV 0.4) replayed 5x faster; 10 of 41 recorded prompts differ."""
+    records = make_records(n=41, rate=10.0, warmup=0)
+    for i, r in enumerate(records):
+        r.dispatched_ns = r.scheduled_ns + (20 * MS if i % 2 else 0)
+    source = SourceProfile(kind="trace", description="t.csv", rows_read=41, rows_used=41,
+                           input_tokens=[64] * 10 + [100] * 31, output_tokens=[8] * 41,
+                           recorded_inter_arrival_s=[0.3, 0.7] * 20, time_scale=5.0,
+                           notes=["10 of 41 rows had their input length clipped to max_input_tokens 100"])
+    result = make_trial(tmp_path, 0, {}, records).result
+    result["fidelity"] = workload_fidelity(source, specs_of(records), records)
+    section = fidelity_section(render_run_report(result, records, "bench"))
+
+    def row(label: str) -> str:
+        return re.search(f"<tr><th>{re.escape(label)}</th>(.*?)</tr>", section, re.DOTALL).group(1)
+
+    def cells(label: str) -> list[str]:
+        return re.findall(r'<td class="num">([^<]*)</td>', row(label))
+
+    assert cells("input: source, as recorded") == ["41", "91.2", "100", "100", "100"]
+    assert cells("input: generated") == ["41", "100", "100", "100", "100", "0.244"]  # KS = 10/41
+    assert cells("output: requested")[-1] == "0" and cells("output: received (successful requests)")[-1] == "0"
+    assert cells("source, as recorded") == ["2.00 req/s", "0.400", "40"]
+    assert cells("intended: the schedule (recorded time ÷ 5)")[:1] == ["10.0 req/s"]
+    assert cells("achieved: the client's dispatches") == ["10.0 req/s", "0.200", "40"]
+    assert "10 of 41 rows had their input length clipped" in section
+    assert "p50 0 ms" in section and "p99 20.0 ms" in section and "max 20.0 ms" in section
+
+
+def test_fidelity_rows_without_data_are_left_out(tmp_path):
+    """At recorded speed the source row would repeat the schedule; a source with no times has no source row."""
+    records = make_records(n=5, warmup=0)
+    same = SourceProfile(kind="trace", description="t", rows_read=5, rows_used=5,
+                         recorded_inter_arrival_s=[0.1] * 4, time_scale=1.0)
+    result = make_trial(tmp_path, 0, {}, records).result
+    result["fidelity"] = workload_fidelity(same, specs_of(records), records)
+    section = fidelity_section(render_run_report(result, records, "bench"))
+    assert "<th>source, as recorded</th>" not in section and "intended: the schedule (= the source as recorded)" in section
+    result["fidelity"] = workload_fidelity(SourceProfile(kind="synthetic", description="s", rows_read=5, rows_used=5),
+                                           specs_of(records), records)
+    section = fidelity_section(render_run_report(result, records, "bench"))
+    assert "<th>source, as recorded</th>" not in section and "<th>intended: the schedule</th>" in section
+    assert "The source has no recorded times." in section
 
 
 def test_many_distinct_request_errors_are_summed_not_dropped(tmp_path):

@@ -90,3 +90,35 @@ def test_build_key_only_where_the_engine_is_built_and_cached():
     assert space.build_key(point, built) != space.build_key({**point, "max_batch_size": 128}, built)
     assert space.build_key(point, {"backend": "pytorch", "engine_cache": True}) is None
     assert space.build_key(point, {"backend": "tensorrt"}) is None  # trtllm-serve: no engine cache
+
+
+def test_for_gpus_drops_choices_that_break_a_rule_on_this_machine():
+    space = load_space("trtllm-default")
+    narrowed, notes = space.for_gpus(1)
+    assert narrowed.params["tensor_parallel_size"].choices == [1]
+    assert narrowed.params["pipeline_parallel_size"].choices == [1]
+    assert narrowed.params["max_batch_size"] is space.params["max_batch_size"]  # a range: left to the launch check
+    assert notes == ["tensor_parallel_size: 1 of 1, 2, 4, 8 (the others break a rule with 1 GPU)",
+                     "pipeline_parallel_size: 1 of 1, 2 (the others break a rule with 1 GPU)"]
+    narrowed, notes = space.for_gpus(2)
+    assert narrowed.params["tensor_parallel_size"].choices == [1, 2]
+    assert narrowed.params["pipeline_parallel_size"].choices == [1, 2]  # pp 2 runs with tp 1
+    assert narrowed.broken_rule({"tensor_parallel_size": 2, "pipeline_parallel_size": 2,
+                                 "max_num_tokens": 2048, "max_batch_size": 8}, 2)  # the rule still applies
+    assert space.for_gpus(8) == (space, [])
+
+
+def test_for_gpus_narrows_through_chained_rules_and_names_an_empty_param(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "engine": "mock",
+        "params": {"a": {"type": "categorical", "choices": [1, 2, 4]}, "b": {"type": "categorical", "choices": [1, 2]},
+                   "c": {"type": "categorical", "choices": [1, 2, 3]}},
+        "rules": ["a <= gpus", "b >= a", "c > b"]}))
+    narrowed, _ = load_space(str(path)).for_gpus(2)
+    assert [narrowed.params[n].choices for n in "abc"] == [[1, 2], [1, 2], [2, 3]]
+    narrowed, _ = load_space(str(path)).for_gpus(1)
+    assert [narrowed.params[n].choices for n in "abc"] == [[1], [1, 2], [2, 3]]
+    path.write_text(path.read_text().replace("a <= gpus", "a > 4 * gpus"))
+    with pytest.raises(SpaceError, match="no value of a satisfies the rule 'a > 4 \\* gpus' with gpus = 1"):
+        load_space(str(path)).for_gpus(1)

@@ -82,9 +82,12 @@ def test_window_is_recorded_time_from_the_first_request_and_applies_before_speed
 
 
 def test_rate_rescales_to_the_mean_rate_keeping_the_shape(tmp_path):
-    got = offsets(azure(tmp_path, rate=3))
+    w = azure(tmp_path, rate=3)
+    got = offsets(w)
     assert got[-1] == pytest.approx(1.0, rel=1e-15)  # 3 gaps at a mean of 1/3 s
     assert got == pytest.approx([t / 1.02004 for t in RECORDED], rel=1e-12, abs=0)
+    assert w.source_profile().time_scale == pytest.approx(1.02004, rel=1e-12)
+    assert "recorded time / 1.02" in w.source_profile().description
     assert offsets(azure(tmp_path, rate=50, requests=1)) == [0.0]
 
 
@@ -102,18 +105,20 @@ def test_caps_clip_lengths_keep_the_rows_and_are_counted(tmp_path):
     assert [r.scheduled_offset_s for r in reqs] == RECORDED
     assert w.max_sequence_tokens() == 1009
     profile = w.source_profile()
-    assert "2 rows had their input length clipped to max_input_tokens 1000" in profile.notes
-    assert "2 rows had their output length clipped to max_output_tokens 9" in profile.notes
-    assert profile.input_tokens == [1000, 1000, 110, 7]
+    assert "2 of 4 rows had their input length clipped to max_input_tokens 1000" in profile.notes
+    assert "2 of 4 rows had their output length clipped to max_output_tokens 9" in profile.notes
+    # the source is what the trace recorded, so source-vs-generated comparisons show the clipping
+    assert profile.input_tokens == [4808, 3180, 110, 7] and profile.output_tokens == [10, 8, 27, 1]
 
 
-def test_source_profile_describes_the_replayed_rows(tmp_path):
+def test_source_profile_describes_the_replayed_rows_as_recorded(tmp_path):
     w = azure(tmp_path, speedup=2, window={"start_s": 0.01})
     list(w.generate(SPACE))
     p = w.source_profile()
     assert (p.kind, p.rows_read, p.rows_used) == ("trace", 4, 3)
     assert p.output_tokens == [8, 27, 1]
-    assert p.inter_arrival_s == pytest.approx([0.0461891 / 2, 0.9218509 / 2], rel=1e-12)
+    assert p.recorded_inter_arrival_s == [0.0461891, 0.9218509]  # unscaled, from integer ns
+    assert p.time_scale == 2
     assert "trace.csv (azure trace)" in p.description and "speedup 2x" in p.description
     assert p.skipped == {} and any("synthesized token ids of the exact recorded length" in n for n in p.notes)
 
@@ -187,7 +192,9 @@ AZURE_BAD = [
     ("16/11/2023 18:17:04,5,5", "unparseable TIMESTAMP"),
     ("2023-13-16 18:17:04,5,5", "unparseable TIMESTAMP"),
     ("2023-11-16 18:17:04.5,5,5,9", "too many fields"),
-    ("2023-11-16 18:17:03.0000000,5,5", "timestamp earlier than the previous row"),
+    ("2023-11-16 18:17:04.5+24:00,5,5", "unparseable TIMESTAMP"),
+    ("2023-11-16 18:17:04.5+0100,5,5", "unparseable TIMESTAMP"),
+    ("2023-11-16 18:17:04.5 UTC,5,5", "unparseable TIMESTAMP"),
 ]
 GOOD_BEFORE, GOOD_AFTER = "2023-11-16 18:17:04.0000000,5,5", "2023-11-16 18:17:06.0000000,6,6"
 
@@ -222,7 +229,6 @@ MOONCAKE_BAD = [
      "hash_ids not a list of non-negative integers"),
     ('{"timestamp": 1500, "input_length": 13, "output_length": 1, "hash_ids": [1]}',
      "hash_ids disagree with input_length by more than one block"),
-    ('{"timestamp": 500, "input_length": 5, "output_length": 1}', "timestamp earlier than the previous row"),
 ]
 
 
@@ -255,15 +261,64 @@ def test_skip_counts_by_reason_and_keeps_examples(tmp_path):
     assert (p.rows_read, p.rows_used) == (5, 2)  # the blank line is not a row
 
 
-def test_unsorted_rows_are_dropped_never_reordered(tmp_path):
-    rows = ["2023-11-16 18:17:01,1,1", "2023-11-16 18:17:03,3,1", "2023-11-16 18:17:02,2,1",
-            "2023-11-16 18:17:03,4,1", "2023-11-16 18:17:05,5,1"]  # equal timestamps are in order
-    path = write(tmp_path, HEADER, *rows)
-    with pytest.raises(ValidationError, match=f"{path}:4: timestamp earlier than the previous row"):
+def stamped(*seconds: int) -> list[str]:
+    """Azure rows at these seconds after 18:00:00, each with its position (1, 2, ...) as input length."""
+    return [f"2023-11-16 {18 + s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d},{i},1" for i, s in enumerate(seconds, 1)]
+
+
+def test_a_row_back_in_time_is_dropped_never_reordered(tmp_path):
+    path = write(tmp_path, HEADER, *stamped(1, 3, 3, 2, 4, 6))  # equal timestamps are in order
+    with pytest.raises(ValidationError, match=f"{path}:5: timestamp earlier than the previous row"):
         workload(path)
     w = workload(path, on_bad_row="skip")
-    assert [r.input_tokens for r in w.generate(SPACE)] == [1, 3, 4, 5]
-    assert offsets(w) == [0.0, 2.0, 2.0, 4.0]
+    assert [r.input_tokens for r in w.generate(SPACE)] == [1, 2, 3, 5, 6]
+    assert offsets(w) == [0.0, 2.0, 2.0, 3.0, 5.0]
+    assert w.source_profile().skipped == {"timestamp earlier than the previous row": 1}
+
+
+def test_a_row_ahead_in_time_costs_only_itself_and_does_not_end_the_window(tmp_path):
+    # row 3 is an hour early in the clock (e.g. a typo): judged against the last row kept, every row after
+    # it would look "earlier than the previous row"; it also lies past the window's end.
+    path = write(tmp_path, HEADER, *stamped(1, 2, 3600, 3, 4, 5))
+    with pytest.raises(ValidationError, match=f"{path}:4: timestamp later than the next row"):
+        workload(path)
+    w = workload(path, on_bad_row="skip", window={"duration_s": 60})
+    assert [r.input_tokens for r in w.generate(SPACE)] == [1, 2, 4, 5, 6]
+    assert offsets(w) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    p = w.source_profile()
+    assert p.skipped == {"timestamp later than the next row": 1}
+    assert p.skipped_examples == [f"{path}:4: timestamp later than the next row"]
+    first = workload(write(tmp_path, HEADER, *stamped(3600, 1, 2), name="first.csv"), on_bad_row="skip")
+    assert [r.input_tokens for r in first.generate(SPACE)] == [2, 3]  # the first row is judged the same way
+
+
+def test_two_rows_ahead_in_time_are_kept_and_the_rows_after_them_dropped(tmp_path):
+    """The rule looks one row ahead: a run of rows ahead in time looks like the true order, and every row after
+    it is reported (never silently) as earlier than the previous row."""
+    w = workload(write(tmp_path, HEADER, *stamped(1, 100, 101, 2, 3)), on_bad_row="skip")
+    assert [r.input_tokens for r in w.generate(SPACE)] == [1, 2, 3]
+    assert w.source_profile().skipped == {"timestamp earlier than the previous row": 2}
+
+
+def test_mooncake_rows_out_of_time_order(tmp_path):
+    rows = [{"timestamp": t, "input_length": 4, "output_length": n} for n, t in enumerate([0, 1000, 500, 2000], 1)]
+    path = write(tmp_path, *(json.dumps(r) for r in rows), name="m.jsonl")
+    with pytest.raises(ValidationError, match=f"{path}:2: timestamp later than the next row"):
+        workload(path)
+    w = workload(path, on_bad_row="skip")
+    assert [r.max_output_tokens for r in w.generate(SPACE)] == [1, 3, 4]
+
+
+def test_azure_2024_timestamps_with_a_utc_offset_are_exact(tmp_path):
+    """The 2024 week-long traces write `2024-05-10 00:00:00.009930+00:00`; offsets move times to UTC exactly."""
+    w = azure(tmp_path, "2024-05-10 00:00:00.009930+00:00,2048,28",
+              "2024-05-10 00:00:00.125001+00:00,512,3",
+              "2024-05-10 02:00:01.000000001+02:00,7,1",  # 00:00:01.000000001 UTC
+              "2024-05-10T00:00:02Z,9,2",
+              "2024-05-09 20:30:03-03:30,5,5")            # 00:00:03 UTC
+    assert offsets(w) == [0.0, 0.115071, 0.990070001, 1.99007, 2.99007]
+    assert [r.input_tokens for r in w.generate(SPACE)] == [2048, 512, 7, 9, 5]
+    assert w.source_profile().recorded_inter_arrival_s == [0.115071, 0.874999001, 0.999999999, 1.0]
 
 
 @pytest.mark.parametrize("lines,kw,message", [
