@@ -136,20 +136,27 @@ class EngineAdapter(abc.ABC):
     #: The engine runs outside the client process (a server): several client processes may drive it.
     remote: ClassVar[bool] = False
 
-    def check(self, config: EngineConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
+    def check(self, config: EngineConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
         """Return why `config` cannot run on `hardware` (or cannot hold a sequence of `max_sequence_tokens`
-        prompt + output tokens, when given), or None if it may be launched."""
+        prompt + output tokens, or a prompt of `max_input_tokens`, when given), or None if it may be launched."""
         return None
 
-    def unavailable(self) -> str | None:
-        """Why this engine cannot run on this machine whatever its config (its library is not installed,
-        with how to install it), or None."""
+    def unavailable(self, config: EngineConfig | None = None) -> str | None:
+        """Why this engine cannot run on this machine (its library or executable is not installed, with how to
+        install it), whatever its config or, given one, with `config`; or None."""
         return None
 
     def heuristic_point(self, config: EngineConfig, hardware: Hardware, input_tokens: float,
-                        output_tokens: float) -> dict | None:
+                        output_tokens: float, max_input_tokens: int | None = None) -> dict | None:
         """The engine's own sizing rule as tuner params (e.g. trtllm-bench's max_batch_size / max_num_tokens)
-        for `config` on `hardware` under requests of these mean lengths; None when it has none or cannot tell."""
+        for `config` on `hardware` under requests of these mean lengths (and this longest prompt, where known);
+        None when it has none or cannot tell (`heuristic_unavailable` says why)."""
+        return None
+
+    def heuristic_unavailable(self, config: EngineConfig, hardware: Hardware, input_tokens: float,
+                              output_tokens: float) -> str | None:
+        """Why `heuristic_point` has no point for these arguments although the engine has a sizing rule, or None."""
         return None
 
     @abc.abstractmethod

@@ -8,6 +8,14 @@ A request is admitted only when its whole sequence (prompt + max output) fits in
 whose size is `kv_cache_fraction * kv_pool_tokens`. With `memory_budget` set, a config whose
 `simulated_memory()` exceeds it fails to start with a simulated out-of-memory error.
 
+Prefix caching (`prefix_caching`, off by default so that configs written before it keep their numbers):
+once a request's prompt is prefilled, its full blocks of `kv_block_tokens` tokens stay in the KV pool
+for reuse. A later request whose prompt (as token ids) starts with cached blocks shares them (they
+are not reserved again at admission) and prefills only the rest (at least one token: the one that yields the first output token), so its
+prefill is `prefill_ms_per_token` x the cached tokens shorter. Blocks in use by a running request are
+pinned; the others are evicted least recently used first when an admission needs room. Prompts given
+as text (no token ids) never hit.
+
 `ServiceModel` holds the pure scheduling logic; `MockEngine` runs it in real time on the event
 loop, and `simulate` runs it in virtual time so tests can compute the true answer.
 """
@@ -15,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import numbers
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import AsyncIterator, Literal, Sequence
 
 from pydantic import Field
 
@@ -43,6 +52,8 @@ class MockConfig(EngineConfig):
     start_delay_s: float = Field(0.0, ge=0, description="sleep this long while starting")
     memory_budget: float | None = Field(
         None, gt=0, description="SIMULATED out of memory: starting fails when simulated_memory() exceeds this")
+    prefix_caching: bool = Field(False, description="keep prompt KV blocks for reuse by later prompts with that prefix")
+    kv_block_tokens: int = Field(32, ge=1, description="tokens per KV block: the granularity of prefix caching")
 
     def kv_capacity_tokens(self) -> int:
         return int(self.kv_cache_fraction * self.kv_pool_tokens)
@@ -62,12 +73,77 @@ class _Seq:
     request_id: str
     prompt_tokens: int
     output_tokens: int
+    prompt_ids: tuple[int, ...] | None = None  # only prompts with known token ids can share cached blocks
     prefilled: int = 0
     generated: int = 0
+    reserved: int = 0  # KV tokens held by this sequence alone (its cached blocks are counted in the cache)
+    blocks: list[int] = field(default_factory=list)  # ids of the cached blocks it uses, in prompt order
 
     @property
     def footprint(self) -> int:
         return self.prompt_tokens + self.output_tokens
+
+
+class PrefixCache:
+    """Prompt KV blocks kept for reuse. A block is `block_tokens` prompt tokens, keyed by those tokens and
+    the block before it, so a prompt finds its longest cached block-aligned prefix. Blocks used by running
+    requests are pinned (reference counted); idle ones are evicted least recently used first, a block
+    becoming idle before the blocks in front of it so that prefixes are evicted from their tail."""
+
+    def __init__(self, block_tokens: int):
+        self.block_tokens = block_tokens
+        self._ids: dict[tuple[int, tuple[int, ...]], int] = {}  # (previous block id or 0, tokens) -> id
+        self._keys: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._refs: dict[int, int] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()  # unpinned ids, least recently used first
+        self._next_id = 1
+
+    @property
+    def tokens(self) -> int:
+        """KV tokens the cached blocks take up."""
+        return len(self._keys) * self.block_tokens
+
+    def idle_tokens(self, excluding: list[int] = ()) -> int:
+        """KV tokens eviction could free, not counting blocks in `excluding`."""
+        return (len(self._idle) - sum(b in self._idle for b in excluding)) * self.block_tokens
+
+    def match(self, prompt: tuple[int, ...]) -> list[int]:
+        """Ids of the cached blocks forming the longest block-aligned prefix of `prompt`, leaving at least one
+        prompt token to compute."""
+        size, ids, prev = self.block_tokens, [], 0
+        for start in range(0, (len(prompt) - 1) // size * size, size):
+            prev = self._ids.get((prev, prompt[start:start + size]))
+            if prev is None:
+                break
+            ids.append(prev)
+        return ids
+
+    def pin(self, ids: list[int]) -> None:
+        for b in ids:
+            self._refs[b] += 1
+            self._idle.pop(b, None)
+
+    def unpin(self, ids: list[int]) -> None:
+        for b in reversed(ids):
+            self._refs[b] -= 1
+            if self._refs[b] == 0:
+                self._idle[b] = None
+
+    def add(self, prev: int, tokens: tuple[int, ...]) -> int:
+        """The id of the block `tokens` after block `prev` (0: at the start), added if not cached; pinned."""
+        key = (prev, tokens)
+        if key not in self._ids:
+            self._ids[key], self._keys[self._next_id], self._refs[self._next_id] = self._next_id, key, 0
+            self._next_id += 1
+        self.pin([self._ids[key]])
+        return self._ids[key]
+
+    def evict(self, tokens: int) -> None:
+        """Drop idle blocks, least recently used first, until at least `tokens` KV tokens are freed."""
+        while tokens > 0:
+            b, _ = self._idle.popitem(last=False)
+            del self._ids[self._keys.pop(b)], self._refs[b]
+            tokens -= self.block_tokens
 
 
 @dataclass
@@ -77,11 +153,19 @@ class ServiceModel:
     config: MockConfig
     waiting: deque = field(default_factory=deque)
     running: list = field(default_factory=list)
-    kv_used: int = 0
+    kv_used: int = 0  # KV tokens held by running sequences outside the prefix cache
+    cache: PrefixCache | None = None
+    reused_tokens: int = 0  # prompt tokens not prefilled because their blocks were cached
 
-    def add(self, request_id: str, prompt_tokens: int, output_tokens: int) -> str | None:
-        """Queue a request; return an error instead if it can never fit in the KV cache."""
-        seq = _Seq(request_id, prompt_tokens, output_tokens)
+    def __post_init__(self) -> None:
+        if self.config.prefix_caching:
+            self.cache = PrefixCache(self.config.kv_block_tokens)
+
+    def add(self, request_id: str, prompt: int | Sequence[int], output_tokens: int) -> str | None:
+        """Queue a request whose prompt is given by its length or its token ids (only those can hit the prefix
+        cache); return an error instead if it can never fit in the KV cache."""
+        seq = (_Seq(request_id, int(prompt), output_tokens) if isinstance(prompt, numbers.Integral)
+               else _Seq(request_id, len(prompt), output_tokens, tuple(prompt)))
         if seq.footprint > self.config.kv_capacity_tokens():
             return (f"sequence of {seq.footprint} tokens exceeds KV cache capacity of "
                     f"{self.config.kv_capacity_tokens()} tokens")
@@ -92,14 +176,37 @@ class ServiceModel:
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
+    def _admit(self, seq: _Seq) -> bool:
+        """Reserve the KV tokens `seq` needs beyond its cached prefix, evicting idle blocks if that makes room;
+        False (nothing changed) when it does not fit yet."""
+        hits = self.cache.match(seq.prompt_ids) if self.cache and seq.prompt_ids else []
+        cached = len(hits) * self.config.kv_block_tokens
+        need = seq.footprint - cached
+        free = self.config.kv_capacity_tokens() - self.kv_used - (self.cache.tokens if self.cache else 0)
+        if need > free + (self.cache.idle_tokens(excluding=hits) if self.cache else 0):
+            return False
+        if self.cache:
+            self.cache.pin(hits)
+            self.cache.evict(need - free)
+        seq.blocks, seq.prefilled, seq.reserved = hits, cached, need
+        self.kv_used += need
+        self.reused_tokens += cached
+        return True
+
+    def _cache_prompt(self, seq: _Seq) -> None:
+        """Hand the full blocks of a prefilled prompt to the prefix cache (a block another request cached
+        meanwhile is shared, and this one's copy freed)."""
+        size = self.config.kv_block_tokens
+        for start in range(len(seq.blocks) * size, seq.prompt_tokens // size * size, size):
+            seq.blocks.append(self.cache.add(seq.blocks[-1] if seq.blocks else 0, seq.prompt_ids[start:start + size]))
+            seq.reserved -= size
+            self.kv_used -= size
+
     def step(self) -> tuple[float, dict[str, int], list[str]]:
         """Run one iteration: (duration_s, tokens emitted per request id, ids finished)."""
         cfg = self.config
-        while (self.waiting and len(self.running) < cfg.max_batch_size
-               and self.kv_used + self.waiting[0].footprint <= cfg.kv_capacity_tokens()):
-            seq = self.waiting.popleft()
-            self.kv_used += seq.footprint
-            self.running.append(seq)
+        while self.waiting and len(self.running) < cfg.max_batch_size and self._admit(self.waiting[0]):
+            self.running.append(self.waiting.popleft())
         decoding = [s for s in self.running if s.prefilled == s.prompt_tokens]
         budget = max(cfg.max_num_tokens - len(decoding), 0)
         prefill_tokens, emitted = 0, {}
@@ -111,6 +218,8 @@ class ServiceModel:
                 prefill_tokens += chunk
                 if s.prefilled == s.prompt_tokens:
                     emitted[s.request_id] = 1  # the first token comes out of the last prefill chunk
+                    if self.cache and s.prompt_ids:
+                        self._cache_prompt(s)
         for s in decoding:
             emitted[s.request_id] = 1
         duration_ms = cfg.step_ms + cfg.decode_ms_per_seq * len(decoding) + cfg.prefill_ms_per_token * prefill_tokens
@@ -121,13 +230,16 @@ class ServiceModel:
             s.generated += emitted.get(s.request_id, 0)
             if s.generated >= s.output_tokens:
                 finished.append(s.request_id)
-                self.kv_used -= s.footprint
+                self.kv_used -= s.reserved
+                if self.cache:
+                    self.cache.unpin(s.blocks)
         self.running = [s for s in self.running if s.generated < s.output_tokens]
         return duration_ms / 1000.0, emitted, finished
 
 
-def simulate(config: MockConfig, requests: list[tuple[float, int, int]]) -> list[tuple[float, float]]:
-    """Virtual-time run of `(arrival_s, prompt_tokens, output_tokens)` requests.
+def simulate(config: MockConfig, requests: list[tuple[float, int | Sequence[int], int]]) -> list[tuple[float, float]]:
+    """Virtual-time run of `(arrival_s, prompt, output_tokens)` requests, the prompt given by its length or its
+    token ids (as the engine gets them from a RequestSpec; only token ids can hit the prefix cache).
 
     Returns `(first_token_s, end_s)` per request, in input order: the exact answer the real-time
     engine approximates when the client sends at the arrival times.
@@ -190,7 +302,7 @@ class MockEngine(Engine):
         if self.config.fail_every_n and self._count % self.config.fail_every_n == 0:
             yield StreamEvent(time.perf_counter_ns(), error="mock: injected failure")
             return
-        prompt = request.input_tokens if request.input_tokens is not None else len(request.prompt_text.split())
+        prompt = request.prompt_token_ids if request.prompt_token_ids is not None else len(request.prompt_text.split())
         rid = f"{request.id}#{self._count}"
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[rid] = queue
@@ -210,7 +322,8 @@ class MockAdapter(EngineAdapter):
     kind = "mock"
     Config = MockConfig
 
-    def check(self, config: MockConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
+    def check(self, config: MockConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
         if config.max_num_tokens < config.max_batch_size:
             return (f"max_num_tokens ({config.max_num_tokens}) < max_batch_size ({config.max_batch_size}): "
                     "a full batch of decodes would not fit in one step")
@@ -239,7 +352,7 @@ class MockAdapter(EngineAdapter):
                 await engine._loop_task
 
     def heuristic_point(self, config: MockConfig, hardware: Hardware, input_tokens: float,
-                        output_tokens: float) -> dict:
+                        output_tokens: float, max_input_tokens: int | None = None) -> dict:
         """As many sequences as the KV pool holds at the mean length, and a token budget that prefills a
         full batch's prompts in one step: a simple rule with a known answer, for testing warm starts."""
         batch = max(int(config.kv_capacity_tokens() // max(input_tokens + output_tokens, 1)), 1)

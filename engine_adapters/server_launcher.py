@@ -432,7 +432,8 @@ class ServerAdapter(EngineAdapter):
         return config.preset if config.command is None else Path(config.command[0]).name
 
     # -- the contract --------------------------------------------------------------------------------------
-    def check(self, config: ServerConfig, hardware: Hardware, max_sequence_tokens: int | None = None) -> str | None:
+    def check(self, config: ServerConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
         return check_size((config.tp or 1) * (config.pp or 1), config.max_seq_len, hardware, max_sequence_tokens)
 
     def command_template(self, config: LaunchOptions) -> list[str]:

@@ -10,7 +10,10 @@ each trial in a spawned subprocess, so CUDA is initialised in a process that nev
 Engine cache (`backend: tensorrt` only): an engine build takes minutes, so a built engine is saved
 (`LLM.save`, into a temporary directory renamed into place) under
 `$HARNESS_CACHE/trtllm-engines/<key>`, the key hashing what the build depends on: the TensorRT-LLM
-version, the model's identity and the build knobs (`BUILD_KNOBS` and `extra_llm_api_options`).
+version, the model's identity (a local checkpoint's path, config and file sizes and times; a hub id with
+the commit of its snapshot in the local Hugging Face cache, where TensorRT-LLM downloads it) and the
+build knobs (`BUILD_KNOBS` and `extra_llm_api_options`). A hub model not yet downloaded has no commit
+before its first build: that engine is saved under the key computed after the build, with the commit.
 Runtime-only knobs (KV cache fraction, block reuse, chunked prefill, CUDA graphs, scheduler policy)
 do not enter it; the next start with the same key loads the engine directory instead of building.
 The PyTorch backend builds nothing: it loads the Hugging Face checkpoint each start, nothing to cache.
@@ -45,21 +48,35 @@ from typing import Any, AsyncIterator
 from pydantic import Field
 
 from engine_adapters.base import Engine, EngineAdapter, Hardware, StreamEvent
-from engine_adapters.builtin_models import BUILTIN_PREFIX, HFTokenizer, cache_dir, model_config, resolve_model
+from engine_adapters.builtin_models import (
+    BUILTIN_PREFIX,
+    HFTokenizer,
+    cache_dir,
+    model_config,
+    resolve_model,
+)
 from engine_adapters.trtllm_args import (
     TrtllmKnobs,
+    checkpoint_dir,
     checkpoint_quantization,
     compute_capability_problem,
+    hub_revision,
     llm_kwargs,
     llm_snippet,
+    model_arch,
+    prompt_problem,
+    quantization_problem,
     weight_bytes,
 )
-from engine_adapters.trtllm_sizing import bench_point
+from engine_adapters.trtllm_sizing import bench_point, bench_point_unavailable_reason
 from workloads import RequestSpec, TokenSpace
 
-INSTALL_HINT = ("install it on a Linux x86_64 or aarch64 machine with a CUDA GPU following NVIDIA's "
-                "instructions (`pip install tensorrt_llm`, with NVIDIA's package index as their docs say), or run "
-                "TensorRT-LLM in its container and use `engine.kind: trtllm_serve`")
+#: TensorRT-LLM 1.x's install routes (docs/source/installation/linux.md, installation-guide.md, containers.md)
+INSTALL_HINT = ("on Linux (x86_64 or aarch64) with an NVIDIA GPU and the CUDA toolkit: `sudo apt-get -y install "
+                "libopenmpi-dev && pip3 install tensorrt_llm` (https://nvidia.github.io/TensorRT-LLM/installation/), "
+                "or NVIDIA's container nvcr.io/nvidia/tensorrt-llm/release:<version>")
+_NOT_INSTALLED = (f"install it {INSTALL_HINT} (with the container, use `engine.kind: trtllm_serve` with "
+                  "`params.command` running trtllm-serve in it)")
 
 #: the knobs a TensorRT engine is built for; the others are runtime settings of a built engine
 BUILD_KNOBS = ("model", "tensor_parallel_size", "pipeline_parallel_size", "max_batch_size", "max_num_tokens",
@@ -84,7 +101,7 @@ def require_tensorrt_llm() -> ModuleType:
         import tensorrt_llm
     except ImportError as e:
         raise TensorRTLLMNotInstalled(
-            f"TensorRT-LLM is not installed or cannot be imported ({e}); {INSTALL_HINT}") from e
+            f"TensorRT-LLM is not installed or cannot be imported ({e}); {_NOT_INSTALLED}") from e
     return tensorrt_llm
 
 
@@ -161,14 +178,16 @@ def _engine_time(completion: Any, first_token: bool, final: bool) -> int | None:
     return (value // dt.timedelta(microseconds=1)) * 1000
 
 
-def model_identity(model: str) -> dict:
+def model_identity(model: str, revision: str | None = None) -> dict:
     """What identifies `model`'s weights without reading them: a builtin's recipe, a local directory's
-    path, config.json hash and file sizes and mtimes, or a hub id as given."""
+    path, config.json hash and file sizes and mtimes, or a hub id with the commit of its snapshot in the
+    local Hugging Face cache (at `revision`; None before it is downloaded)."""
     if model.startswith(BUILTIN_PREFIX):
         return {"builtin": model, "arch": model_config(model)}
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
-        return {"hub_id": model}
+        snapshot = checkpoint_dir(model, revision)
+        return {"hub_id": model, "commit": snapshot.name if snapshot else None}
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
     return {"path": str(path.resolve()),
             "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16],
@@ -178,7 +197,7 @@ def model_identity(model: str) -> dict:
 def engine_cache_key(config: TrtllmKnobs, version: str) -> str:
     """Content hash of everything a TensorRT engine build depends on (see module docstring)."""
     build = {knob: getattr(config, knob) for knob in BUILD_KNOBS}
-    build["model"] = model_identity(config.model)
+    build["model"] = model_identity(config.model, hub_revision(config))
     blob = json.dumps({"tensorrt_llm": version, **build}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -190,28 +209,32 @@ def _launch(config: TensorRTLLMConfig, tllm: ModuleType) -> TensorRTLLMEngine:
     kwargs = llm_kwargs(config, tllm, model=model)
     log = [f"TensorRT-LLM {tllm.__version__}, backend {config.backend}; equivalent code:",
            *llm_snippet(config).splitlines()]
-    engine_dir = None
+    save = False
     if config.backend == "tensorrt" and config.engine_cache:
-        engine_dir = cache_dir() / "trtllm-engines" / engine_cache_key(config, tllm.__version__)
+        engine_dir = _engine_dir(config, tllm.__version__)
         if (engine_dir / "config.json").is_file():
             kwargs = {**kwargs, "model": str(engine_dir), "tokenizer": model}
             kwargs.pop("quant_config", None)  # applied when the engine was built
             log.append(f"engine cache hit: loading {engine_dir}")
-            engine_dir = None
         else:
-            log.append(f"engine cache miss: building, then saving to {engine_dir}")
+            save = True
+            log.append("engine cache miss: building, then saving it")
     elif config.backend == "pytorch":
         log.append("backend pytorch: no engine build, nothing to cache; the checkpoint is loaded each start")
     t0 = time.perf_counter()
     llm = llm_cls(**kwargs)
     try:
         log.append(f"LLM ready in {time.perf_counter() - t0:.1f} s")
-        if engine_dir is not None:
-            log.append(_save_engine(llm, engine_dir))
+        if save:  # the key again: a hub model's snapshot commit is known once the build downloaded it
+            log.append(_save_engine(llm, _engine_dir(config, tllm.__version__)))
         return TensorRTLLMEngine(llm, tllm.SamplingParams, model, log)
     except BaseException:
         llm.shutdown()
         raise
+
+
+def _engine_dir(config: TrtllmKnobs, version: str) -> Path:
+    return cache_dir() / "trtllm-engines" / engine_cache_key(config, version)
 
 
 def _save_engine(llm: Any, engine_dir: Path) -> str:
@@ -237,31 +260,30 @@ class TensorRTLLMAdapter(EngineAdapter):
     kind = "tensorrt_llm"
     Config = TensorRTLLMConfig
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, config: TensorRTLLMConfig | None = None) -> str | None:
+        """Whatever the config: whether tensorrt_llm can be imported here."""
         if importlib.util.find_spec("tensorrt_llm") is None:
-            return f"TensorRT-LLM is not installed; {INSTALL_HINT}"
+            return f"TensorRT-LLM is not installed; {_NOT_INSTALLED}"
         return None
 
-    def check(self, config: TensorRTLLMConfig, hardware: Hardware,
-              max_sequence_tokens: int | None = None) -> str | None:
+    def check(self, config: TensorRTLLMConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
+        """As EngineAdapter.check; `max_input_tokens`, the workload's longest prompt where known, is checked against
+        max_num_tokens when chunked prefill is off (trtllm_args.prompt_problem)."""
         if (reason := self.unavailable()) is not None:
             return reason
         gpus = config.tensor_parallel_size * config.pipeline_parallel_size
         if gpus > hardware.gpu_count:
             return (f"tensor_parallel_size {config.tensor_parallel_size} x pipeline_parallel_size "
                     f"{config.pipeline_parallel_size} needs {gpus} CUDA GPUs; this machine has {hardware.gpu_count}")
-        if (problem := compute_capability_problem(config, hardware.compute_capability)) is not None:
+        problem = (compute_capability_problem(config, hardware.compute_capability) or quantization_problem(config)
+                   or prompt_problem(config, max_input_tokens))
+        if problem is not None:
             return problem
-        quantization = config.quantization
-        if config.backend == "pytorch":
-            stored = checkpoint_quantization(config.model)
-            if stored is not None and stored != quantization:
-                return (f"backend pytorch runs a checkpoint as it is quantized: {config.model} is {stored}, not "
-                        f"{quantization}; use a checkpoint pre-quantized as {quantization} (NVIDIA ModelOpt) "
-                        f"or backend tensorrt")
+        quantization, revision = config.quantization, hub_revision(config)
         try:
-            weights = weight_bytes(config.model, quantization)
-            arch = model_config(config.model) if weights is not None else {}
+            weights = weight_bytes(config.model, quantization, revision)
+            arch = model_arch(config.model, revision) or {}
         except (ValueError, OSError) as e:
             return str(e)
         memory = hardware.gpu_memory_bytes[:gpus]
@@ -276,9 +298,14 @@ class TensorRTLLMAdapter(EngineAdapter):
         return None
 
     def heuristic_point(self, config: TensorRTLLMConfig, hardware: Hardware, input_tokens: float,
-                        output_tokens: float) -> dict | None:
+                        output_tokens: float, max_input_tokens: int | None = None) -> dict | None:
         """trtllm-bench's sizing rule (engine_adapters/trtllm_sizing.py)."""
-        return bench_point(config, hardware, input_tokens, output_tokens)
+        return bench_point(config, hardware, input_tokens, output_tokens, max_input_tokens)
+
+    def heuristic_unavailable(self, config: TensorRTLLMConfig, hardware: Hardware, input_tokens: float,
+                              output_tokens: float) -> str | None:
+        """Why `heuristic_point` returns None for these arguments, or None."""
+        return bench_point_unavailable_reason(config, hardware, input_tokens, output_tokens)
 
     @contextlib.asynccontextmanager
     async def start(self, config: TensorRTLLMConfig):
@@ -304,8 +331,8 @@ class TensorRTLLMAdapter(EngineAdapter):
             "engine_version": tllm.__version__,
             "simulated": False,
             "backend": config.backend,
-            "model": {"name": config.model, **model_identity(config.model),
-                      "checkpoint_quantization": checkpoint_quantization(config.model)},
+            "model": {"name": config.model, **model_identity(config.model, hub_revision(config)),
+                      "checkpoint_quantization": checkpoint_quantization(config.model, hub_revision(config))},
             "knobs": config.model_dump(mode="json"),
             "gpus": list(hardware.gpu_names),
             "compute_capability": list(hardware.compute_capability) if hardware.compute_capability else None,

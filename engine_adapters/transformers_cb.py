@@ -229,8 +229,8 @@ class TransformersAdapter(EngineAdapter):
     kind = "transformers"
     Config = TransformersConfig
 
-    def check(self, config: TransformersConfig, hardware: Hardware,
-              max_sequence_tokens: int | None = None) -> str | None:
+    def check(self, config: TransformersConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
         if config.device == "cuda" and hardware.gpu_count == 0:
             return "device cuda requested but this machine has no GPU"
         device = _device(config, hardware.gpu_count > 0)

@@ -24,12 +24,42 @@ and a 1.1-era llm_args.py; the names below are the same in 1.0 through main):
 - tensorrt_llm/_tensorrt_engine/__init__.py: `LLM` = llmapi.llm._TrtLLM, the TensorRT-engine backend;
   `tensorrt_llm.LLM` is the PyTorch backend.
 
+Where the defaults are not TensorRT-LLM's own (the LLM API's), they are what trtllm-bench and
+trtllm-serve set, so what is measured is what `trtllm-serve` deploys:
+- pytorch, `cuda_graphs`: `cuda_graph_config: {enable_padding: true, max_batch_size: <max_batch_size>}`
+  (CudaGraphConfig.enable_padding defaults to False, its max_batch_size to 128); trtllm-bench sets both
+  (bench/benchmark/utils/general.py get_settings: `cuda_graph_config = {"enable_padding": True,
+  "max_batch_size": max_batch_size}`); `cuda_graph_max_batch_size` overrides the second.
+- tensorrt, `cuda_graphs`: `extended_runtime_perf_knob_config: {cuda_graph_mode: true,
+  cuda_graph_cache_size: 1000}`; TrtLlmArgs has no such config by default (CUDA graphs off) and
+  ExtendedRuntimePerfKnobConfig.cuda_graph_cache_size defaults to 0; the pair is trtllm-bench's
+  (bench/dataclasses/configuration.py PerformanceOptions: `cuda_graph_cache_size: int = 1000`).
+- tensorrt: `scheduler_config.dynamic_batch_config` with batch-size tuning on, as trtllm-serve builds
+  its SchedulerConfig (commands/serve.py get_llm_args: `DynamicBatchConfig(enable_batch_size_tuning=True,
+  enable_max_num_tokens_tuning=False, dynamic_batch_moving_average_window=128)`) and trtllm-bench does;
+  the LLM API alone leaves it None. Our `scheduler_config` replaces trtllm-serve's whole (llm_utils
+  update_llm_args_with_extra_dict: `llm_args = llm_args | llm_args_dict`), so it must carry this.
+  PyTorch backend: left out; SchedulerConfig.dynamic_batch_config "only applies for the TensorRT
+  backend and cannot currently be used with the PyTorch backend" (llm_args.py), so dropping
+  trtllm-serve's changes nothing there.
+
+Prompt limits with chunked prefill off (`prompt_problem`): a prompt's whole prefill is one iteration.
+PyTorch backend: BaseLLM._check_arguments (llmapi/llm.py) raises when `prompt_len / cp_size +
+query_len > max_num_tokens` and `not enable_chunked_prefill`. TensorRT backend: the runtime's input
+limit is `min(maxSequenceLen - 1, maxNumTokens)` with context FMHA and packed input, both on by
+default (cpp/tensorrt_llm/batch_manager/trtGptModel.h; PluginConfig context_fmha and
+remove_input_padding default True), `maxSequenceLen - 1` with chunked context; the engine's
+`max_input_len` (1024 by default) is then ignored (builder.py: "padding removal and fMHA are both
+enabled, max_input_len is not required and will be ignored"), so it is not set here.
+
 Quantization by backend:
 - pytorch: there is no quantization argument. The checkpoint decides: a pre-quantized checkpoint
   (NVIDIA ModelOpt `hf_quant_config.json`, or a `quantization_config` in config.json) runs quantized,
   any other runs in its own dtype. `quantization` therefore declares what the checkpoint must be;
-  `checkpoint_quantization` reads it so a feasibility check can compare. `kv_cache_dtype: fp8` ->
-  `kv_cache_config.dtype: fp8` works on any checkpoint.
+  `checkpoint_quantization` reads it (a local directory, or a hub id's snapshot in the local Hugging
+  Face cache) and `quantization_problem` makes a mismatch, or a quantization other than `none` that
+  cannot be read, infeasible, so no result is labelled with a quantization that did not run.
+  `kv_cache_dtype: fp8` -> `kv_cache_config.dtype: fp8` works on any checkpoint.
 - tensorrt: `quantization` -> `QuantConfig(quant_algo=...)`, applied while building the engine
   (ModelOpt calibration for fp8 / int4_awq / w4a8_awq / w8a8_sq / nvfp4, which by default downloads a
   calibration dataset); `kv_cache_dtype: fp8` -> `QuantConfig(kv_cache_quant_algo=FP8)`.
@@ -70,6 +100,12 @@ WEIGHT_BYTES: dict[str, float] = {"none": 2, "fp8": 1, "fp8_block_scales": 1, "n
 _MIN_SM: dict[str, tuple[int, int]] = {"fp8": (8, 9), "fp8_block_scales": (9, 0), "nvfp4": (10, 0),
                                        "w4a8_awq": (8, 9)}
 
+#: backend tensorrt with `cuda_graphs`: CUDA graphs kept by the runtime, trtllm-bench's number (module docstring)
+CUDA_GRAPH_CACHE_SIZE = 1000
+#: backend tensorrt: trtllm-serve's own dynamic batch tuning (module docstring), kept in the `scheduler_config` we pass
+DYNAMIC_BATCH = {"enable_batch_size_tuning": True, "enable_max_num_tokens_tuning": False,
+                 "dynamic_batch_moving_average_window": 128}
+
 #: keys whose nested dict is a config object in `LLM(...)`: key -> llmapi class name
 _CONFIG_CLASSES = {"kv_cache_config": "KvCacheConfig", "cuda_graph_config": "CudaGraphConfig",
                    "scheduler_config": "SchedulerConfig", "quant_config": "QuantConfig",
@@ -81,7 +117,9 @@ _ENUM_FIELDS = {("scheduler_config", "capacity_scheduler_policy"): "CapacitySche
 
 
 class TrtllmKnobs(EngineConfig):
-    """TensorRT-LLM engine settings; defaults are TensorRT-LLM's own, so an unset knob changes nothing."""
+    """TensorRT-LLM engine settings. Defaults are TensorRT-LLM's own except where trtllm-bench / trtllm-serve set
+    otherwise (module docstring): CUDA graphs with padding (PyTorch), CUDA graphs on with a graph cache and dynamic
+    batch tuning (TensorRT backend), so that a run measures what trtllm-serve deploys."""
 
     model: str = Field(description="Hugging Face model id, local Hugging Face checkpoint directory, or builtin:NAME")
     backend: Literal["pytorch", "tensorrt"] = Field(
@@ -98,9 +136,11 @@ class TrtllmKnobs(EngineConfig):
         "auto", description="pytorch: kv_cache_config.dtype; tensorrt: quant_config.kv_cache_quant_algo")
     enable_chunked_prefill: bool = False
     cuda_graphs: bool = Field(True, description="pytorch: cuda_graph_config with enable_padding (None when off); "
-                                                "tensorrt: extended_runtime_perf_knob_config.cuda_graph_mode")
+                                                "tensorrt: extended_runtime_perf_knob_config.cuda_graph_mode with "
+                                                f"cuda_graph_cache_size {CUDA_GRAPH_CACHE_SIZE}")
     cuda_graph_max_batch_size: int | None = Field(
-        None, ge=1, description="pytorch: largest batch captured in a CUDA graph; None: TensorRT-LLM's default (128)")
+        None, ge=1, description="pytorch: largest batch captured in a CUDA graph; None: max_batch_size, as trtllm-bench "
+                                "sets it (TensorRT-LLM's own default is 128)")
     capacity_policy: Literal["GUARANTEED_NO_EVICT", "MAX_UTILIZATION", "STATIC_BATCH"] = Field(
         "GUARANTEED_NO_EVICT", description="-> scheduler_config.capacity_scheduler_policy")
     quantization: Quantization = Field(
@@ -128,9 +168,7 @@ def llm_api_options(knobs: TrtllmKnobs) -> dict[str, Any]:
     }
     if knobs.backend == "pytorch":
         kv_cache["dtype"] = knobs.kv_cache_dtype
-        graphs = {"enable_padding": True}
-        if knobs.cuda_graph_max_batch_size is not None:
-            graphs["max_batch_size"] = knobs.cuda_graph_max_batch_size
+        graphs = {"enable_padding": True, "max_batch_size": knobs.cuda_graph_max_batch_size or knobs.max_batch_size}
         options["cuda_graph_config"] = graphs if knobs.cuda_graphs else None
     else:
         quant = {}
@@ -140,8 +178,10 @@ def llm_api_options(knobs: TrtllmKnobs) -> dict[str, Any]:
             quant["kv_cache_quant_algo"] = "FP8"
         if quant:
             options["quant_config"] = quant
+        options["scheduler_config"]["dynamic_batch_config"] = dict(DYNAMIC_BATCH)
         if knobs.cuda_graphs:
-            options["extended_runtime_perf_knob_config"] = {"cuda_graph_mode": True}
+            options["extended_runtime_perf_knob_config"] = {"cuda_graph_mode": True,
+                                                            "cuda_graph_cache_size": CUDA_GRAPH_CACHE_SIZE}
     return _merge(options, knobs.extra_llm_api_options)
 
 
@@ -188,20 +228,52 @@ def compute_capability_problem(knobs: TrtllmKnobs, capability: tuple[int, int] |
             f"this GPU has {capability[0]}.{capability[1]}")
 
 
-def checkpoint_quantization(model: str) -> str | None:
-    """How the local checkpoint `model` is quantized, as a `Quantization` value ("none" when it is not);
-    None when that cannot be told (a hub id, an unknown scheme, a builtin model is "none")."""
+def checkpoint_dir(model: str, revision: str | None = None) -> Path | None:
+    """The Hugging Face checkpoint directory of `model` on this machine, read without network: a local directory
+    holding a config.json, or a hub id's snapshot (at `revision`, default main) in the local Hugging Face cache,
+    where TensorRT-LLM downloads hub models (llmapi/utils.py download_hf_model: `snapshot_download(model,
+    revision=revision, ...)`). None otherwise; builtin models are builtin_models' business."""
+    path = Path(model).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    except (ImportError, ValueError):  # no huggingface_hub, or not a repo id (a missing path, builtin:...)
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def hub_revision(knobs: TrtllmKnobs) -> str | None:
+    """The hub revision `knobs` load (LlmArgs.revision, through extra_llm_api_options), or None for main."""
+    return knobs.extra_llm_api_options.get("revision")
+
+
+def model_arch(model: str, revision: str | None = None) -> dict | None:
+    """`model`'s config.json as a dict (a builtin's recipe), or None when no checkpoint is on this machine."""
+    if model.startswith(BUILTIN_PREFIX):
+        return model_config(model)
+    path = checkpoint_dir(model, revision)
+    return None if path is None else json.loads((path / "config.json").read_text())
+
+
+def checkpoint_quantization(model: str, revision: str | None = None) -> str | None:
+    """How the checkpoint `model` is quantized, as a `Quantization` value ("none" when it is not); None when that
+    cannot be told here (no checkpoint on this machine, an unreadable file, a scheme not in QUANT_ALGOS)."""
     if model.startswith(BUILTIN_PREFIX):
         return "none"
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
+    path = checkpoint_dir(model, revision)
+    if path is None:
         return None
     names = {algo: name for name, algo in QUANT_ALGOS.items()}
-    modelopt = path / "hf_quant_config.json"
-    if modelopt.is_file():
-        algo = json.loads(modelopt.read_text()).get("quantization", {}).get("quant_algo")
-        return names.get(algo) if algo else "none"  # none: only the KV cache is quantized
-    quant = json.loads((path / "config.json").read_text()).get("quantization_config")
+    try:
+        modelopt = path / "hf_quant_config.json"
+        if modelopt.is_file():
+            algo = json.loads(modelopt.read_text()).get("quantization", {}).get("quant_algo")
+            return names.get(algo) if algo else "none"  # none: only the KV cache is quantized
+        quant = json.loads((path / "config.json").read_text()).get("quantization_config")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return None
     if not quant:
         return "none"
     if quant.get("quant_algo"):
@@ -214,12 +286,42 @@ def checkpoint_quantization(model: str) -> str | None:
     return None
 
 
-def weight_bytes(model: str, quantization: str) -> int | None:
-    """Estimated bytes of `model`'s weights stored as `quantization` (see WEIGHT_BYTES), from the
-    architecture in its config.json; None for a hub id or an architecture this cannot count."""
-    if not model.startswith(BUILTIN_PREFIX) and not (Path(model).expanduser() / "config.json").is_file():
+def quantization_problem(knobs: TrtllmKnobs) -> str | None:
+    """Backend pytorch: why `knobs.quantization` may not be what actually runs, or None. That backend takes no
+    quantization argument (TorchLlmArgs.quant_config is read from the checkpoint), so the label a result carries
+    must be the checkpoint's own: checked against it, and only the default `none` where it cannot be read."""
+    if knobs.backend != "pytorch":
         return None
-    params = parameter_count(model_config(model))
+    wanted = knobs.quantization
+    stored = checkpoint_quantization(knobs.model, hub_revision(knobs))
+    if stored == wanted or (stored is None and wanted == "none"):
+        return None
+    if stored is None:
+        return (f"backend pytorch runs {knobs.model} as its checkpoint is stored, and that cannot be read here (a hub "
+                f"id not in the local Hugging Face cache, or an unknown quantization scheme), so quantization {wanted} "
+                f"cannot be verified; point model at a local checkpoint directory whose hf_quant_config.json (NVIDIA "
+                f"ModelOpt) or config.json quantization_config says {wanted}, or use backend tensorrt, which "
+                "quantizes while building")
+    return (f"backend pytorch runs a checkpoint as it is quantized: {knobs.model} is {stored}, not {wanted}; use a "
+            f"checkpoint pre-quantized as {wanted} (NVIDIA ModelOpt) or backend tensorrt")
+
+
+def prompt_problem(knobs: TrtllmKnobs, max_input_tokens: int | None) -> str | None:
+    """Why the workload's longest prompt (`max_input_tokens`; None: unknown) cannot run with `knobs`, or None:
+    with chunked prefill off TensorRT-LLM rejects a prompt longer than max_num_tokens (module docstring)."""
+    options = llm_api_options(knobs)  # extra_llm_api_options may override either
+    budget = options["max_num_tokens"]
+    if options["enable_chunked_prefill"] or not max_input_tokens or max_input_tokens <= budget:
+        return None
+    return (f"the workload's longest prompt ({max_input_tokens} tokens) exceeds max_num_tokens ({budget}) with "
+            "chunked prefill off: TensorRT-LLM rejects such requests; raise max_num_tokens or enable chunked prefill")
+
+
+def weight_bytes(model: str, quantization: str, revision: str | None = None) -> int | None:
+    """Estimated bytes of `model`'s weights stored as `quantization` (see WEIGHT_BYTES), from the architecture
+    in its config.json; None without a checkpoint on this machine or for an architecture this cannot count."""
+    arch = model_arch(model, revision)
+    params = None if arch is None else parameter_count(arch)
     return None if params is None else int(params * WEIGHT_BYTES[quantization])
 
 

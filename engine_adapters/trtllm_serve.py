@@ -18,22 +18,45 @@ passed as their local directory. Everything else (the process group, logs, shutd
 override, `env`, the client options) is `server_launcher`'s: `command` may point at any executable
 (a container wrapper, or another OpenAI-compatible server for tests), with the same placeholders.
 
+Before launch: `unavailable(config)` finds the command's executable (trtllm-serve, or `command[0]`) as
+the launch would; `check` adds it to the checks the `tensorrt_llm` kind makes that need no local
+TensorRT-LLM (compute capability, the checkpoint's quantization on the PyTorch backend, the longest
+prompt against max_num_tokens without chunked prefill; see trtllm_args).
+
 `deployment_files` renders the same command and YAML for production: `trtllm-serve.yaml` and an
 executable `trtllm-serve.sh`, written next to recommended.yaml for TensorRT-LLM studies.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
 from engine_adapters.base import Hardware
-from engine_adapters.server_launcher import LaunchOptions, ServerAdapter, check_size, model_path, render_command
-from engine_adapters.trtllm_args import TrtllmKnobs, compute_capability_problem, llm_api_options, llm_snippet
-from engine_adapters.trtllm_sizing import bench_point
+from engine_adapters.server_launcher import (
+    LaunchOptions,
+    ServerAdapter,
+    ServerStartError,
+    check_size,
+    expand_env,
+    model_path,
+    render_command,
+)
+from engine_adapters.tensorrt_llm import INSTALL_HINT
+from engine_adapters.trtllm_args import (
+    TrtllmKnobs,
+    compute_capability_problem,
+    llm_api_options,
+    llm_snippet,
+    prompt_problem,
+    quantization_problem,
+)
+from engine_adapters.trtllm_sizing import bench_point, bench_point_unavailable_reason
 
 #: The engine kinds whose recommended config deploys as trtllm-serve.
 TRTLLM_KINDS = ("tensorrt_llm", "trtllm_serve")
@@ -78,13 +101,40 @@ class TrtllmServeAdapter(ServerAdapter):
         return "trtllm-serve" if config.command is None else Path(config.command[0]).name
 
     def heuristic_point(self, config: TrtllmServeConfig, hardware: Hardware, input_tokens: float,
-                        output_tokens: float) -> dict | None:
+                        output_tokens: float, max_input_tokens: int | None = None) -> dict | None:
         """trtllm-bench's sizing rule (engine_adapters/trtllm_sizing.py), as for the `tensorrt_llm` kind."""
-        return bench_point(config, hardware, input_tokens, output_tokens)
+        return bench_point(config, hardware, input_tokens, output_tokens, max_input_tokens)
 
-    def check(self, config: TrtllmServeConfig, hardware: Hardware,
-              max_sequence_tokens: int | None = None) -> str | None:
-        if (problem := compute_capability_problem(config, hardware.compute_capability)) is not None:
+    def heuristic_unavailable(self, config: TrtllmServeConfig, hardware: Hardware, input_tokens: float,
+                              output_tokens: float) -> str | None:
+        """Why `heuristic_point` returns None for these arguments, or None."""
+        return bench_point_unavailable_reason(config, hardware, input_tokens, output_tokens)
+
+    def unavailable(self, config: TrtllmServeConfig | None = None) -> str | None:
+        """Why `config`'s command cannot start here: its executable (trtllm-serve, or `params.command[0]`) is not
+        found as the launch would look for it (PATH, including one set in `params.env`). None without a config: a
+        `command` may run anything, so only a config tells."""
+        if config is None:
+            return None
+        exe = self.command_template(config)[0]
+        try:
+            path = expand_env(config.env, dict(os.environ))[0].get("PATH")
+        except ServerStartError as e:
+            return str(e)
+        if "{" in exe or shutil.which(exe, path=path):  # a placeholder is known only at launch
+            return None
+        if config.command is None:
+            return (f"trtllm-serve is not on PATH; install TensorRT-LLM {INSTALL_HINT}, or set engine.params.command "
+                    "to an argument list that runs it (a container wrapper, for instance)")
+        return f"engine.params.command[0] {exe!r} is not an executable file, nor found on PATH"
+
+    def check(self, config: TrtllmServeConfig, hardware: Hardware, max_sequence_tokens: int | None = None,
+              max_input_tokens: int | None = None) -> str | None:
+        """As EngineAdapter.check, plus `unavailable(config)`, the checkpoint's quantization (backend pytorch) and the
+        workload's longest prompt (`max_input_tokens`, where known) against max_num_tokens without chunked prefill."""
+        problem = (self.unavailable(config) or compute_capability_problem(config, hardware.compute_capability)
+                   or quantization_problem(config) or prompt_problem(config, max_input_tokens))
+        if problem is not None:
             return problem
         return check_size(config.tensor_parallel_size * config.pipeline_parallel_size, config.max_seq_len,
                           hardware, max_sequence_tokens)

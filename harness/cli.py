@@ -70,6 +70,8 @@ def tune(config: Path = typer.Argument(..., help="experiment config YAML"),
         console.print(f"trials run side by side on GPUs {','.join(tuner.gpus)}")
     for note in tuner.space_notes:
         console.print(f"search space narrowed to what this machine can run: {note}")
+    if tuner.warm_start_skipped:
+        console.print(f"[yellow]warm start skipped[/]: {tuner.warm_start_skipped}")
     if already:
         console.print(f"resuming: {already} trial(s) already finished")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine_adapters import EngineConfig, adapter_kinds, get_adapter
 from harness.errors import ConfigError
@@ -199,11 +199,23 @@ class ExperimentConfig(_Strict):
 
     @field_validator("workload", mode="before")
     @classmethod
-    def _catalog(cls, v):
+    def _catalog(cls, v, info: ValidationInfo):
+        """`workload: NAME_OR_PATH` or `{use: NAME_OR_PATH, FIELD: VALUE, ...}`: a named workload, each FIELD given
+        replacing that top-level field whole (see `named_workload`)."""
+        config_dir = (info.context or {}).get("config_dir")
         if isinstance(v, str):
-            if v not in catalog_names():
-                raise ValueError(f"unknown bundled workload {v!r}; known: {', '.join(catalog_names())}")
-            return yaml.safe_load((CATALOG_DIR / f"{v}.yaml").read_text())
+            return named_workload(v, config_dir)
+        if isinstance(v, dict) and "use" in v:
+            overrides = dict(v)
+            use = overrides.pop("use")
+            if not isinstance(use, str):
+                raise ValueError(f"use: expected a bundled workload name or a workload YAML path, got {use!r}")
+            if "kind" in overrides:
+                raise ValueError("use: the named workload gives `kind`; give `use` or `kind`, not both")
+            try:
+                return {**named_workload(use, config_dir), **overrides}
+            except ValueError as exc:
+                raise ValueError(f"use: {exc}") from None
         return v
 
     @field_validator("slo")
@@ -282,17 +294,40 @@ def load_yaml(path: Path) -> object:
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
 
 
+def named_workload(name_or_path: str, config_dir: Path | None = None) -> dict:
+    """The fields of a bundled workload (a name without suffix, workloads/catalog/NAME.yaml) or of a workload
+    YAML file (a path; a relative one is from `config_dir`, the experiment config's folder, as for
+    `search.space`). Paths inside it (a dataset's `path`) stay relative to the working directory."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        if name_or_path not in catalog_names():
+            raise ValueError(f"unknown bundled workload {name_or_path!r}; known: {', '.join(catalog_names())} "
+                             "(or a path to a workload YAML file)")
+        path = CATALOG_DIR / f"{name_or_path}.yaml"
+    elif config_dir is not None and not path.is_absolute():
+        path = config_dir / path
+    try:
+        data = load_yaml(path)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(data, dict) or "use" in data:
+        raise ValueError(f"{path}: expected a workload (a mapping with `kind` and its fields), got "
+                         f"{'`use`' if isinstance(data, dict) else type(data).__name__}")
+    return data
+
+
 def load_config(path: Path | str) -> ExperimentConfig:
     """Read and validate an experiment config file."""
     path = Path(path)
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), config_dir=path.parent)
 
 
-def parse_config(data: dict, source: str) -> ExperimentConfig:
+def parse_config(data: dict, source: str, config_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a config; a workload file it names is found from `config_dir` (None: the working directory)."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(data, context={"config_dir": config_dir})
     except ValidationError as err:
         raise ConfigError(format_validation_error(source, err)) from None

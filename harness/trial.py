@@ -32,6 +32,7 @@ from harness.config import ExperimentConfig, load_config
 from harness.errors import HarnessError, PreflightError
 from harness.fidelity import workload_fidelity
 from harness.metrics import compute
+from harness.prefix_reuse import prefix_reuse
 from harness.records import RequestRecord, write_records
 from harness.runner import preflight, run, run_event_loop
 from harness.store import SCHEMA_VERSION, TrialFiles, write_json
@@ -63,7 +64,8 @@ async def measure(cfg: ExperimentConfig, out_dir: Path, probe_requests: int | No
     also write the probe records (see the module docstring)."""
     adapter = get_adapter(cfg.engine.kind)
     engine_cfg = cfg.engine.resolve()
-    reason = adapter.check(engine_cfg, Hardware.detect(), cfg.workload.max_sequence_tokens())
+    reason = adapter.check(engine_cfg, Hardware.detect(), cfg.workload.max_sequence_tokens(),
+                           max_input_tokens=cfg.workload.longest_prompt_tokens())
     if reason:
         raise Infeasible(reason)
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -139,6 +141,9 @@ async def measure(cfg: ExperimentConfig, out_dir: Path, probe_requests: int | No
                                       schedule_lag_p99_ms=metrics["distributions"]["schedule_lag_ms"]["p99"]),
         "fidelity": fidelity,
     }
+    reuse = prefix_reuse(specs, records, sent_before=specs[:1] if cfg.runner.preflight else ())
+    if reuse is not None:  # only workloads whose requests share prefixes
+        result["prefix_reuse"] = reuse
     write_records(out_dir / TrialFiles.RECORDS, records)
     telemetry.write_csv(out_dir / TrialFiles.TELEMETRY)
     write_json(out_dir / TrialFiles.RESULT, result)

@@ -153,7 +153,7 @@ class Tuner:
         self.cfg, self.run_dir = cfg, run_dir
         self.hardware = hardware or Hardware.detect()
         self.adapter = get_adapter(cfg.engine.kind)
-        if (reason := self.adapter.unavailable()) is not None:
+        if (reason := self.adapter.unavailable(cfg.engine.resolve())) is not None:
             raise ConfigError(f"engine.kind {cfg.engine.kind}: {reason}")
         self.gpus = _check_gpu_ids(gpus or [])
         try:
@@ -168,6 +168,7 @@ class Tuner:
         self.grid_size = math.prod(len(v) for v in self.space.grid().values()) if cfg.search.sampler == "grid" else None
         self._stop = threading.Event()
         self._rejected_in_a_row = 0
+        self.warm_start_skipped: str | None = None  # why the engine heuristic gave no warm-start point
         self._worker = f"{platform.node()}:{os.getpid()}"
         self._lost_reason = (f"its worker sent no heartbeat for {GRACE_HEARTBEATS * heartbeat_s} s (killed, or cut off "
                              "from the database) mid-trial; its params were queued to run again")
@@ -266,13 +267,20 @@ class Tuner:
 
     def _engine_heuristic(self) -> dict | None:
         """The adapter's sizing rule for the configured engine, at the workload's mean request lengths
-        (text prompts without a tokenizer: UTF-8 bytes / 4)."""
+        (text prompts without a tokenizer: UTF-8 bytes / 4) and its longest prompt where every length is exact;
+        None (and `warm_start_skipped` says why, where the adapter can tell) when it gives no point."""
         specs = list(self.cfg.workload.generate(TokenSpace(vocab_size=32_000)))
+        exact = all(s.input_tokens is not None for s in specs)
         inputs = [s.input_tokens if s.input_tokens is not None else max(len(s.prompt_text.encode()) // 4, 1)
                   for s in specs]
         outputs = [s.max_output_tokens for s in specs]
-        return self.adapter.heuristic_point(self.cfg.engine.resolve(), self.hardware,
-                                            sum(inputs) / len(inputs), sum(outputs) / len(outputs))
+        mean_in, mean_out = sum(inputs) / len(inputs), sum(outputs) / len(outputs)
+        config = self.cfg.engine.resolve()
+        point = self.adapter.heuristic_point(config, self.hardware, mean_in, mean_out,
+                                             max_input_tokens=max(inputs) if exact else None)
+        if point is None:
+            self.warm_start_skipped = self.adapter.heuristic_unavailable(config, self.hardware, mean_in, mean_out)
+        return point
 
     def _check_same_experiment(self) -> None:
         fp = self.cfg.fingerprint()
@@ -509,7 +517,8 @@ class Tuner:
         if self.gpus and need > len(self.gpus):
             return (f"needs {need} GPUs (tensor_parallel_size x pipeline_parallel_size) but --gpus lists "
                     f"{len(self.gpus)}"), need
-        return (self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens()),
+        return (self.adapter.check(engine_cfg, self.hardware, self.cfg.workload.max_sequence_tokens(),
+                                   max_input_tokens=self.cfg.workload.longest_prompt_tokens()),
                 need if self.gpus else 0)
 
     def _gpu_count(self) -> int:

@@ -174,6 +174,7 @@ def _run_view(result: dict, records: list[RequestRecord] | None, records_note: s
             "gpu": figures.gpu_timeline(samples, telemetry.get("gpus") or []) if samples is not None else None,
         },
         "fidelity": result.get("fidelity"),
+        "prefix_reuse": result.get("prefix_reuse"),
         "telemetry": telemetry,
         "telemetry_note": telemetry_note,
         "client_trust": result.get("client_trust") or {"trusted": None, "reasons": ["not assessed in this result"]},

@@ -8,14 +8,15 @@ from pydantic import Field
 
 from workloads.arrival import ArrivalProcess, Closed
 from workloads.dataset import DatasetWorkload
-from workloads.request import RequestSpec, TokenSpace, Tokenizer
+from workloads.request import RequestSpec, Tokenizer, TokenSpace
 from workloads.shared_prefix import SharedPrefixWorkload
 from workloads.synthetic import Seeds, SyntheticWorkload
 from workloads.trace import TraceWorkload
 from workloads.trtllm_dataset import TrtllmDatasetWorkload
 
 # The union of workload kinds. Each has `arrival` (Closed, or open loop with `max_concurrency`),
-# warmup/cooldown_requests, max_sequence_tokens(), generate(token_space) and, after generate, source_profile().
+# warmup/cooldown_requests, max_sequence_tokens(), longest_prompt_tokens(), generate(token_space) and, after
+# generate, source_profile().
 WorkloadConfig = Annotated[Union[SyntheticWorkload, SharedPrefixWorkload, TrtllmDatasetWorkload, TraceWorkload,
                                  DatasetWorkload], Field(discriminator="kind")]
 
@@ -23,7 +24,8 @@ CATALOG_DIR = Path(__file__).parent / "catalog"
 
 
 def catalog_names() -> list[str]:
-    """Names of the bundled workloads (usable as `workload: {use: NAME}`)."""
+    """Names of the bundled workloads: `workload: NAME`, or `workload: {use: NAME, FIELD: VALUE, ...}` to replace
+    some of its fields (harness.config.named_workload)."""
     return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
 
 

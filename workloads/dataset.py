@@ -9,6 +9,8 @@ Sources (`format`; `auto` tells it from the path):
 - `hf` (auto: a folder): a LOCAL dataset the `datasets` library opens: a folder written by
   `save_to_disk` (`load_from_disk`; `split` picks from a DatasetDict), else a folder of data files
   (`load_dataset(path, split=split)`, streamed). The network is off while it runs: nothing is downloaded.
+trtllm-bench dataset JSONL is one more source (workloads/trtllm_dataset.py, `kind: trtllm_dataset`)
+feeding the same pipeline: reading, bad rows, lengths, filters, sampling and profile below.
 
 Every source is a sequence of records with named fields ("columns"). A record gives its prompt either
 from a text column (`columns.prompt`; left out: "prompt", else "text") or from ShareGPT-style turns
@@ -21,20 +23,26 @@ Output length, first found: the `output_tokens` override (a LengthDist, drawn pe
 lengths seed); the `columns.output_tokens` integer column; the token length of `columns.output_text`;
 the token length of the reply. A record with none of these is a bad row.
 
-Lengths. With the engine's tokenizer (`TokenSpace.tokenizer`) every prompt is tokenized once and sent
-as `prompt_token_ids` (exact length) with its `prompt_text`; reply and output texts are tokenized for
-their lengths (not with an override). The result is cached on disk (workloads/tokenized_cache.py)
-under a key of the source's content, format, columns, split, multi_turn, whether output texts were
-measured and the tokenizer's name, so a second run reads no text and encodes nothing.
-Without a tokenizer (the simulated mock engine, an OpenAI server without a tokenizer) prompts are sent
-as text only and every length is APPROXIMATE: UTF-8 bytes / 4, rounded up, at least 1; the source
-profile says so.
+Reading. Validation (the config check) reads every record and applies the bad-row rules below, so with
+`on_bad_row: error` a bad row rejects the config (exit 2), naming where it is, before any engine
+starts; so does `requests` above the number of usable rows. What it read is kept for `generate`,
+which reads again only if the source changed since (size or modification time).
+
+Lengths. `generate` measures them. With the engine's tokenizer (`TokenSpace.tokenizer`) every text prompt
+is tokenized once and sent as `prompt_token_ids` (exact length) with its `prompt_text`; reply and output
+texts are tokenized for their lengths (not with an override). The result is cached on disk
+(workloads/tokenized_cache.py) under a key of the source's content, what was read from it and the
+tokenizer's name, so a second run encodes nothing. Without a tokenizer (the simulated mock engine, an
+OpenAI server without a tokenizer) text prompts are sent as text only and their lengths are
+APPROXIMATE: UTF-8 bytes / 4, rounded up, at least 1; the source profile says so. Token-id prompts a
+source gives (trtllm-bench `input_ids`) are sent as they are, with their exact length.
 
 Filtering and sampling. Rows whose input or output length lies outside `min_/max_input_tokens`,
-`min_/max_output_tokens` are dropped and counted by reason (not errors). From what remains (the
-population the source profile describes), `requests: N` rows are drawn without replacement with the
-content seed (fewer than N left is an error saying why); left out, all of them are sent. `shuffle`
-sends them in random order, else in file order.
+`min_/max_output_tokens` are dropped and counted by reason (not errors). From what remains,
+`requests: N` rows are drawn without replacement with the content seed (fewer than N left is an error
+saying why); left out, all of them are sent. `shuffle` sends them in random order, else in file order.
+The source profile describes the source as recorded: the lengths of every usable row before the
+filters and the sampling, with a note of how many rows the filters kept.
 
 Multi-turn (`multi_turn: true`, conversations only): every human turn k becomes its own request whose
 prompt is the conversation so far, the dataset's replies included, in a role-tagged template
@@ -47,15 +55,14 @@ one cut short to make N); shuffling interleaves conversations but keeps each one
 
 Bad rows (`on_bad_row`, see workloads/profile.py): invalid JSON lines, missing or empty prompts,
 malformed turns, conversations without a human turn, non-integer or < 1 output lengths, no output
-length at all. Locations: JSONL `path:line`, CSV `path: row i (line n)`, others `path: row i` (i from 0),
-plus `, turn k` in multi-turn.
+length at all. Locations: JSONL `path:line`; CSV and ShareGPT `path: row i (line n)` (ShareGPT: the
+line where the record starts); Parquet and hf `path: row i` (i from 0); plus `, turn k` in multi-turn.
 
 Config-time checks (so that `harness tune` exits 2 naming the field): the path exists and is readable,
-the format is known, and every configured column exists (a column the data lacks altogether is a
-config error naming the columns it has; a record lacking it is a bad row). The columns are the CSV
-header, the Parquet schema, the hf dataset's features (or its first record), the keys of the objects on
-a JSONL file's first 100 lines, the fields of a ShareGPT file's first record. Reading every row and
-tokenizing happen in `generate`.
+the format is known, every configured column exists (a column the data lacks altogether is a config
+error naming the columns it has; a record lacking it is a bad row), and every row (above). The columns
+are the CSV header, the Parquet schema, the hf dataset's features (or its first record), the keys of
+the objects on a JSONL file's first 100 lines, the fields of a ShareGPT file's first record.
 """
 from __future__ import annotations
 
@@ -65,10 +72,11 @@ import itertools
 import json
 import math
 import os
+import re
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -89,6 +97,10 @@ _CHUNK = 1000        # prompts (with their output texts) per encode_batch call
 _PEEK_BYTES = 1 << 20  # of a ShareGPT file, to read its first record's fields at validation
 _PEEK_LINES = 100    # of a JSONL file, whose objects' keys are its columns at validation
 _ROLE_TAGS = {"human": "User", "system": "System", "reply": "Assistant"}
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_NO_OUTPUT = "no output length (no reply, no output column value)"
+#: Part of every tokenized-cache key: bump when what a cached entry holds for a source changes.
+_CACHE_LAYOUT = 2
 
 
 class DatasetColumns(BaseModel):
@@ -123,28 +135,41 @@ class _Fields:
 
 
 @dataclass
-class _Unreadable:
+class Unreadable:
     """A record that could not be read at all (invalid JSON, wrong number of CSV fields)."""
 
     reason: str
 
 
-class _RowError(Exception):
+class RowError(Exception):
     """A record that cannot be used; the message is its row-independent reason."""
 
 
-class _Item(NamedTuple):
-    """One request a record gives: `output_tokens` -1 when the record gives no count."""
+class Item(NamedTuple):
+    """One request a record gives.
+
+    `prompt` is None when the record gives only token ids (`ids`, int32); `output_tokens` is -1 when the record
+    gives no count; `conversation` names a multi-turn conversation (None: "row-<i>"); `source`: extra
+    keys for the request's `source`.
+    """
 
     turn: int
-    prompt: str
+    prompt: str | None
     output_tokens: int
     output_text: str | None
+    ids: np.ndarray | None = None
+    conversation: str | None = None
+    source: dict | None = None
 
 
-class _Bad(NamedTuple):
+class BadItem(NamedTuple):
+    """A record (turn -1) or one of its turns that cannot be used, and why."""
+
     turn: int
     reason: str
+
+
+Record = tuple[int, int, dict | Unreadable]  # (row from 0, line from 1 or -1, the record)
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,7 @@ class _Locator:
 
     path: str
     format: Format
+    kind: str
 
     def where(self, row: int, line: int, turn: int) -> str:
         if self.format == "jsonl":
@@ -162,7 +188,7 @@ class _Locator:
         return at + (f", turn {turn}" if turn >= 0 else "")
 
     def source(self, row: int, line: int, turn: int) -> dict:
-        source: dict = {"kind": "dataset", "path": self.path}
+        source: dict = {"kind": self.kind, "path": self.path}
         if self.format != "jsonl":
             source["row"] = row
         if line >= 0:
@@ -173,56 +199,50 @@ class _Locator:
 
 
 @dataclass
-class _Source:
-    """The items of a dataset (one per request it can give) with their lengths: what the cache holds.
+class _Parsed:
+    """What reading a source found: its usable items (one per request it can give) and its bad ones.
 
-    Arrays run over items. `output_len` is -1 (or 0) where the source gives no output length.
-    `ids`/`offsets` (item i's prompt is ids[offsets[i]:offsets[i + 1]]) are None without a tokenizer,
-    and `input_len` is then approximate. `bad`: (row, line, turn, reason) of every bad record or turn.
+    Lists and arrays run over usable items. `output_len` is -1 where the record gives no count (an output
+    text or the override gives it); `given_ids`: token ids the records give (None: the source gives none);
+    `bad`: (row, line, turn, reason) of every bad record or turn; `stamp`: the source when read (`_stamp`).
     """
 
-    prompts: list[str]
+    prompts: list[str | None]
+    output_texts: list[str | None]
     output_len: np.ndarray
     rows: np.ndarray
     lines: np.ndarray
     turns: np.ndarray
     conversation_ids: list[str]
+    sources: list[dict | None]
+    given_ids: list[np.ndarray | None] | None
     bad: list[tuple[int, int, int, str]]
     rows_read: int
-    input_len: np.ndarray | None = None
-    ids: np.ndarray | None = None
-    offsets: np.ndarray | None = None
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        prompts, prompt_offsets = tokenized_cache.pack_strings(self.prompts)
-        convs, conv_offsets = tokenized_cache.pack_strings(self.conversation_ids)
-        meta = json.dumps({"bad": self.bad, "rows_read": self.rows_read}).encode()
-        return dict(prompts=prompts, prompt_offsets=prompt_offsets, conversations=convs,
-                    conversation_offsets=conv_offsets, meta=np.frombuffer(meta, dtype=np.uint8),
-                    output_len=self.output_len, rows=self.rows, lines=self.lines, turns=self.turns,
-                    ids=self.ids, offsets=self.offsets)
-
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> "_Source":
-        meta = json.loads(a["meta"].tobytes())
-        return cls(prompts=tokenized_cache.unpack_strings(a["prompts"], a["prompt_offsets"]),
-                   conversation_ids=tokenized_cache.unpack_strings(a["conversations"], a["conversation_offsets"]),
-                   bad=[tuple(b) for b in meta["bad"]], rows_read=meta["rows_read"], output_len=a["output_len"],
-                   rows=a["rows"], lines=a["lines"], turns=a["turns"], ids=a["ids"], offsets=a["offsets"],
-                   input_len=np.diff(a["offsets"]))
+    stamp: tuple
 
 
-class DatasetWorkload(BaseModel):
-    """Requests whose prompts and output lengths come from a dataset (see the module docstring)."""
+@dataclass
+class _Lengths:
+    """The items' lengths as measured; item i's prompt ids are ids[offsets[i]:offsets[i + 1]] where has_ids[i]
+    (else it is sent as text only and its input length is approximate)."""
+
+    input_len: np.ndarray
+    output_len: np.ndarray
+    ids: np.ndarray
+    offsets: np.ndarray
+    has_ids: np.ndarray
+
+
+class DatasetSource(BaseModel):
+    """What the dataset workloads share (see the module docstring): every row read and checked at validation;
+    lengths measured, rows filtered and sampled, the source profiled, in `generate`.
+
+    A subclass names its `kind`, finds its format in `_resolve` (config-time checks) and reads records with
+    `_records` and `_items`."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["dataset"]
+    kind: str
     path: str = Field(description="dataset file, or folder for hf; relative paths are from the working directory")
-    format: Literal["auto", "sharegpt", "jsonl", "csv", "parquet", "hf"] = "auto"
-    split: str | None = Field(None, description='hf only: the split to read (default "train")')
-    columns: DatasetColumns = Field(default_factory=DatasetColumns)
-    multi_turn: bool = Field(False, description="every human turn of a conversation becomes a request")
-    output_tokens: LengthDist | None = Field(None, description="output lengths drawn from this, not the dataset")
     min_input_tokens: int | None = Field(None, ge=1)
     max_input_tokens: int | None = Field(None, ge=1)
     min_output_tokens: int | None = Field(None, ge=1)
@@ -237,28 +257,281 @@ class DatasetWorkload(BaseModel):
     on_bad_row: OnBadRow = "error"
 
     _format: Format = PrivateAttr()
-    _fields: _Fields = PrivateAttr()
+    _parsed: _Parsed | None = PrivateAttr(default=None)
     _profile: SourceProfile | None = PrivateAttr(default=None)
 
+    # ---- what a subclass gives ----
+
+    def _resolve(self) -> None:
+        """Config-time checks of the source (readable, format, columns); sets `_format`."""
+        raise NotImplementedError
+
+    def _records(self) -> Iterator[Record]:
+        raise NotImplementedError
+
+    def _items(self, record: dict | Unreadable) -> Iterator[Item | BadItem]:
+        """The requests one record gives, and its bad parts (turn -1: the whole record)."""
+        raise NotImplementedError
+
+    def _identity(self) -> dict:
+        """Everything besides the file's content that what `_records` and `_items` give depends on."""
+        raise NotImplementedError
+
+    def _description(self) -> str:
+        raise NotImplementedError
+
+    def _override(self) -> LengthDist | None:
+        """The distribution output lengths are drawn from instead of the source's (None: the source's)."""
+        return None
+
+    def _multi_turn(self) -> bool:
+        """Whether items are the turns of conversations (see the module docstring), each conversation's turns
+        sharing `shared_prefix_id`."""
+        return False
+
+    def _unit(self) -> str:
+        return "turns" if self._multi_turn() else "rows"
+
+    # ---- the pipeline ----
+
     @model_validator(mode="after")
-    def _check_source(self):
-        path = Path(self.path)
-        _check_readable(path)
-        self._format = _resolve_format(path, self.format)
-        if self.split is not None and self._format != "hf":
-            raise ValueError(f"split: applies to format hf only, not {self._format}")
-        self._fields = self._resolve_fields(_COLUMN_READERS[self._format](path, self._split()))
+    def _read_every_row(self):
+        self._resolve()
         for what in ("input", "output"):
             low, high = getattr(self, f"min_{what}_tokens"), getattr(self, f"max_{what}_tokens")
             if low is not None and high is not None and low > high:
                 raise ValueError(f"min_{what}_tokens ({low}) > max_{what}_tokens ({high})")
+        self._check_measured(self.requests)
+        bad = BadRows(self.on_bad_row)
+        parsed = self._rows(bad)
+        usable = len(parsed.prompts)
+        if not usable:
+            raise ValueError(f"{self.path}: no usable {self._unit()} ({parsed.rows_read} rows read, {bad.total} bad)")
+        if self.requests is not None and self.requests > usable:
+            skipped = f" ({bad.total} bad rows skipped)" if bad.total else ""
+            raise ValueError(f"requests: {self.requests} asked for but {self.path} holds only {usable} usable "
+                             f"{self._unit()}{skipped}")
+        self._check_measured(self.requests or usable)
+        return self
+
+    def _check_measured(self, n: int | None) -> None:
+        if n is not None and self.warmup_requests + self.cooldown_requests >= n:
+            raise ValueError(f"warmup_requests + cooldown_requests ({self.warmup_requests} + "
+                             f"{self.cooldown_requests}) leave no measured request out of {n}")
+
+    def _locator(self) -> _Locator:
+        return _Locator(self.path, self._format, self.kind)
+
+    def _seeds(self) -> Seeds:
+        return self.seed if isinstance(self.seed, Seeds) else Seeds.from_base(self.seed)
+
+    def _rows(self, bad: BadRows) -> _Parsed:
+        """The source as read (again only if it changed since); its bad rows go to `bad`."""
+        if self._parsed is None or self._parsed.stamp != _stamp(Path(self.path)):
+            self._parsed = self._parse()
+        locator = self._locator()
+        for row, line, turn, reason in self._parsed.bad:
+            bad.add(locator.where(row, line, turn), reason)
+        return self._parsed
+
+    def _parse(self) -> _Parsed:
+        """Every record's items (lengths not yet measured) and where every bad one is."""
+        path = Path(self.path)
+        stamp = _stamp(path)
+        prompts, texts, outs, rows, lines, turns, conversations, sources, ids = [], [], [], [], [], [], [], [], []
+        bad: list[tuple[int, int, int, str]] = []
+        rows_read, needs_output = 0, self._override() is None
+        records = self._records()
+        with closing(records):  # an error that stops reading still closes the file (and the datasets context)
+            for row, line, record in records:
+                rows_read += 1
+                for item in self._items(record):
+                    if isinstance(item, BadItem):
+                        bad.append((row, line, item.turn, item.reason))
+                    elif needs_output and item.output_tokens < 1 and item.output_text is None:
+                        bad.append((row, line, item.turn, _NO_OUTPUT))
+                    else:
+                        prompts.append(item.prompt)
+                        texts.append(item.output_text)
+                        outs.append(item.output_tokens)
+                        rows.append(row)
+                        lines.append(line)
+                        turns.append(item.turn)
+                        conversations.append(f"row-{row}" if item.conversation is None else item.conversation)
+                        sources.append(item.source)
+                        ids.append(item.ids)
+        return _Parsed(prompts=prompts, output_texts=texts, output_len=np.array(outs, dtype=np.int64),
+                       rows=np.array(rows, dtype=np.int64), lines=np.array(lines, dtype=np.int64),
+                       turns=np.array(turns, dtype=np.int64), conversation_ids=conversations, sources=sources,
+                       given_ids=ids if any(i is not None for i in ids) else None, bad=bad, rows_read=rows_read,
+                       stamp=stamp)
+
+    def max_sequence_tokens(self) -> int | None:
+        """Longest prompt + output sent: exact when every length is known without a tokenizer (token-id
+        prompts with output counts); else `max_input_tokens` plus the output bound (the override's upper
+        bound, else `max_output_tokens`) when both are set; else None (text lengths are unknown before
+        tokenizing)."""
+        if (exact := self._exact_lengths()) is not None:
+            input_len, output_len = exact
+            return int((input_len + output_len).max())
+        override = self._override()
+        out = override.upper_bound() if override is not None else self.max_output_tokens
+        return None if self.max_input_tokens is None or out is None else self.max_input_tokens + out
+
+    def longest_prompt_tokens(self) -> int | None:
+        """Longest prompt sent: exact as in `max_sequence_tokens`, else `max_input_tokens` (None when unset)."""
+        exact = self._exact_lengths()
+        return self.max_input_tokens if exact is None else int(exact[0].max())
+
+    def _exact_lengths(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(input, output) lengths of the requests sent when they are known without a tokenizer (every
+        prompt given as token ids, every output length given or drawn), else None."""
+        parsed = self._rows(BadRows("skip"))
+        if parsed.given_ids is None or any(ids is None for ids in parsed.given_ids) or (
+                self._override() is None and (parsed.output_len < 1).any()):
+            return None
+        input_len = np.array([len(ids) for ids in parsed.given_ids], dtype=np.int64)
+        order, out, _, _ = self._select(parsed, input_len, parsed.output_len, BadRows("skip"))
+        return input_len[order], out[order]
+
+    def source_profile(self) -> SourceProfile:
+        """The source as recorded: every usable row before filters and sampling (valid once `generate` has run)."""
+        if self._profile is None:
+            raise RuntimeError("source_profile() describes the last generate(): call generate first")
+        return self._profile
+
+    def generate(self, token_space: TokenSpace) -> Iterator[RequestSpec]:
+        """Yield the requests in send order; the same config, data and tokenizer give the same requests.
+
+        Measures (tokenizes, or takes from the cache) every row before the first request."""
+        bad = BadRows(self.on_bad_row)
+        parsed = self._rows(bad)
+        lengths, notes = self._measure(parsed, token_space.tokenizer)
+        self._check_vocabulary(parsed, token_space)
+        order, out, filtered, selection_notes = self._select(parsed, lengths.input_len, lengths.output_len, bad)
+        self._profile = SourceProfile(
+            kind=self.kind, description=self._description(), rows_read=parsed.rows_read,
+            rows_used=len(np.unique(parsed.rows[order])), input_tokens=lengths.input_len.tolist(),
+            output_tokens=out.tolist(), skipped=dict(bad.counts + filtered.counts),
+            skipped_examples=bad.examples + filtered.examples, notes=notes + selection_notes)
+        locator = self._locator()
+        offsets = self.arrival.offsets(np.random.default_rng(self._seeds().arrival), len(order))
+        for k, i in enumerate(order.tolist()):
+            ids = (tuple(lengths.ids[lengths.offsets[i]:lengths.offsets[i + 1]].tolist()) if lengths.has_ids[i]
+                   else None)
+            yield RequestSpec(
+                id=f"req-{k:06d}",
+                max_output_tokens=int(out[i]),
+                prompt_token_ids=ids,
+                prompt_text=parsed.prompts[i],
+                scheduled_offset_s=None if offsets is None else float(offsets[k]),
+                shared_prefix_id=parsed.conversation_ids[i] if self._multi_turn() else None,
+                source={**locator.source(int(parsed.rows[i]), int(parsed.lines[i]), int(parsed.turns[i])),
+                        **(parsed.sources[i] or {})},
+            )
+
+    def _select(self, parsed: _Parsed, input_len: np.ndarray, output_len: np.ndarray, bad: BadRows
+                ) -> tuple[np.ndarray, np.ndarray, BadRows, list[str]]:
+        """(the items to send in send order, every item's output length (`output_len`, or drawn from the
+        override), the items the length filters dropped, notes)."""
+        seeds, n = self._seeds(), len(parsed.prompts)
+        notes = []
+        override = self._override()
+        if override is not None:
+            out = override.sample(np.random.default_rng(seeds.lengths), n)
+            notes.append("output lengths are drawn from the output_tokens override, not taken from the dataset")
+        else:
+            out = output_len
+        locator, filtered, kept = self._locator(), BadRows("skip"), np.ones(n, dtype=bool)
+        filters = list(self._filters(input_len, out))
+        for reason, outside in filters:
+            for i in np.flatnonzero(kept & outside):
+                filtered.add(locator.where(int(parsed.rows[i]), int(parsed.lines[i]), int(parsed.turns[i])), reason)
+            kept &= ~outside
+        population = np.flatnonzero(kept)
+        if filters:
+            notes.append(f"length filters kept {len(population)} of {n} {self._unit()}")
+        if self._multi_turn():
+            notes.append("multi-turn: each human turn is an independent request whose prompt holds the "
+                         "conversation so far with the dataset's replies (not the engine's); turns of a "
+                         "conversation share shared_prefix_id")
+        n_requests = self.requests or len(population)
+        if not 0 < n_requests <= len(population):
+            asked = f"{self.requests} requests asked for but only" if self.requests else "no requests:"
+            dropped = [f"{reason} ({count})" for reason, count in (bad.counts + filtered.counts).items()]
+            raise ValueError(f"{self.path}: {asked} {len(population)} usable {self._unit()} remain of "
+                             f"{parsed.rows_read} rows read" + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
+        self._check_measured(n_requests)
+        order = _order(population, parsed.rows, n_requests, self.shuffle, np.random.default_rng(seeds.content))
+        return order, out, filtered, notes
+
+    def _filters(self, input_len: np.ndarray, output_len: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """(reason, mask of items outside the bound) of each length bound set."""
+        for what, lengths in (("input", input_len), ("output", output_len)):
+            low, high = getattr(self, f"min_{what}_tokens"), getattr(self, f"max_{what}_tokens")
+            if low is not None:
+                yield f"{what} tokens below min_{what}_tokens ({low})", lengths < low
+            if high is not None:
+                yield f"{what} tokens above max_{what}_tokens ({high})", lengths > high
+
+    def _measure(self, parsed: _Parsed, tokenizer: Tokenizer | None) -> tuple[_Lengths, list[str]]:
+        """The items' lengths measured with `tokenizer` (from the cache when there), and notes on how."""
+        measure_outputs = self._override() is None  # with an override, output texts need no tokenizing
+        n_texts = sum(ids is None for ids in parsed.given_ids or [None] * len(parsed.prompts))
+        n_outputs = int(((parsed.output_len < 1) & np.array([t is not None for t in parsed.output_texts],
+                                                            dtype=bool)).sum()) if measure_outputs else 0
+        if tokenizer is None:
+            lengths = _approximate(parsed, measure_outputs)
+            measured = [what for what, count in (("input lengths", n_texts), ("output lengths from text", n_outputs))
+                        if count]
+            return lengths, [f"the engine offers no tokenizer: text prompts are sent as text and "
+                             f"{' and '.join(measured)} are APPROXIMATE (UTF-8 bytes / 4), filters included"
+                             ] if measured else []
+        if not n_texts and not n_outputs:
+            return _tokenize(parsed, tokenizer, measure_outputs), []
+        key = tokenized_cache.cache_key(Path(self.path), dict(
+            self._identity(), layout=_CACHE_LAYOUT, output_lengths=measure_outputs, tokenizer=tokenizer.name))
+        arrays = tokenized_cache.load(key)
+        if arrays is not None:
+            return (_Lengths(input_len=np.diff(arrays["offsets"]), output_len=arrays["output_len"], ids=arrays["ids"],
+                             offsets=arrays["offsets"], has_ids=np.ones(len(parsed.prompts), dtype=bool)),
+                    [f"tokenized with {tokenizer.name}: read from the cache ({key[:12]})"])
+        lengths = _tokenize(parsed, tokenizer, measure_outputs)
+        file = tokenized_cache.save(key, {"ids": lengths.ids, "offsets": lengths.offsets,
+                                          "output_len": lengths.output_len})
+        return lengths, [f"tokenized with {tokenizer.name}: {n_texts} prompts, now cached in {file}"]
+
+    def _check_vocabulary(self, parsed: _Parsed, token_space: TokenSpace) -> None:
+        """Token ids the source gives must lie inside the engine's vocabulary."""
+        for i, ids in enumerate(parsed.given_ids or []):
+            if ids is not None and ids.max() >= token_space.vocab_size:
+                where = self._locator().where(int(parsed.rows[i]), int(parsed.lines[i]), int(parsed.turns[i]))
+                raise ValueError(f"{where}: token id {int(ids.max())} is outside the engine's vocabulary (size "
+                                 f"{token_space.vocab_size}); was the dataset made with another tokenizer?")
+
+
+class DatasetWorkload(DatasetSource):
+    """Requests whose prompts and output lengths come from a dataset (see the module docstring)."""
+
+    kind: Literal["dataset"]
+    format: Literal["auto", "sharegpt", "jsonl", "csv", "parquet", "hf"] = "auto"
+    split: str | None = Field(None, description='hf only: the split to read (default "train")')
+    columns: DatasetColumns = Field(default_factory=DatasetColumns)
+    multi_turn: bool = Field(False, description="every human turn of a conversation becomes a request")
+    output_tokens: LengthDist | None = Field(None, description="output lengths drawn from this, not the dataset")
+
+    _fields: _Fields = PrivateAttr()
+
+    def _resolve(self) -> None:
+        path = Path(self.path)
+        check_readable(path)
+        self._format = _resolve_format(path, self.format)
+        if self.split is not None and self._format != "hf":
+            raise ValueError(f"split: applies to format hf only, not {self._format}")
+        self._fields = self._resolve_fields(_COLUMN_READERS[self._format](path, self._split()))
         if self.output_tokens is not None and (self.min_output_tokens or self.max_output_tokens):
             raise ValueError("min_output_tokens / max_output_tokens filter the dataset's output lengths; with an "
                              "output_tokens override, bound it with its own min / max instead")
-        if self.requests is not None and self.warmup_requests + self.cooldown_requests >= self.requests:
-            raise ValueError(f"warmup_requests + cooldown_requests ({self.warmup_requests} + "
-                             f"{self.cooldown_requests}) leave no measured request out of {self.requests}")
-        return self
 
     def _split(self) -> str:
         return self.split or "train"
@@ -294,147 +567,30 @@ class DatasetWorkload(BaseModel):
         return _Fields(prompt=prompt, conversations=conversations, output_tokens=need("output_tokens", c.output_tokens),
                        output_text=need("output_text", c.output_text), id="id" if has_id else None)
 
-    def max_sequence_tokens(self) -> int | None:
-        """Longest prompt + output, when `max_input_tokens` and the output bound (the override's upper
-        bound, else `max_output_tokens`) give it; else None: text lengths are unknown before tokenizing."""
-        out = self.output_tokens.upper_bound() if self.output_tokens is not None else self.max_output_tokens
-        return None if self.max_input_tokens is None or out is None else self.max_input_tokens + out
+    def _records(self) -> Iterator[Record]:
+        return _RECORD_READERS[self._format](Path(self.path), self._fields, self._split())
 
-    def source_profile(self) -> SourceProfile:
-        """The dataset after filtering, before sampling (valid once `generate` has run)."""
-        if self._profile is None:
-            raise RuntimeError("source_profile() describes the last generate(): call generate first")
-        return self._profile
+    def _items(self, record: dict | Unreadable) -> Iterator[Item | BadItem]:
+        return _record_items(record, self._fields, self.multi_turn)
 
-    def generate(self, token_space: TokenSpace) -> Iterator[RequestSpec]:
-        """Yield the requests in send order; the same config, data and tokenizer give the same requests.
+    def _identity(self) -> dict:
+        return dict(format=self._format, fields=asdict(self._fields), split=self._split(), multi_turn=self.multi_turn)
 
-        Reads (or takes from the cache) and tokenizes the whole dataset before the first request.
-        """
-        tokenizer = token_space.tokenizer
-        seeds = self.seed if isinstance(self.seed, Seeds) else Seeds.from_base(self.seed)
-        bad, locator = BadRows(self.on_bad_row), _Locator(self.path, self._format)
-        src, notes = self._load(tokenizer, bad, locator)
-        n = len(src.prompts)
+    def _override(self) -> LengthDist | None:
+        return self.output_tokens
 
-        def where(i: int) -> str:
-            return locator.where(int(src.rows[i]), int(src.lines[i]), int(src.turns[i]))
-
-        usable = np.ones(n, dtype=bool)
-        if self.output_tokens is not None:
-            out = self.output_tokens.sample(np.random.default_rng(seeds.lengths), n)
-            notes.append("output lengths are drawn from the output_tokens override, not taken from the dataset")
-        else:
-            out = src.output_len
-            for i in np.flatnonzero(out < 1):
-                bad.add(where(i), "no output length (no reply, no output column value)")
-            usable &= out >= 1
-        filtered = BadRows("skip")
-        for reason, outside in self._filters(src.input_len, out):
-            for i in np.flatnonzero(usable & outside):
-                filtered.add(where(i), reason)
-            usable &= ~outside
-        population = np.flatnonzero(usable)
-
-        n_requests = self.requests or len(population)
-        if not 0 < n_requests <= len(population):
-            asked = f"{self.requests} requests asked for but only" if self.requests else "no requests:"
-            dropped = [f"{reason} ({count})" for reason, count in (bad.counts + filtered.counts).items()]
-            unit = "turns" if self.multi_turn else "rows"
-            raise ValueError(f"{self.path}: {asked} {len(population)} usable {unit} remain of {src.rows_read} rows "
-                             f"read" + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
-        if self.warmup_requests + self.cooldown_requests >= n_requests:
-            raise ValueError(f"warmup_requests + cooldown_requests ({self.warmup_requests} + "
-                             f"{self.cooldown_requests}) leave no measured request out of {n_requests}")
-        order = _order(population, src.rows, n_requests, self.shuffle, np.random.default_rng(seeds.content))
-        if self.multi_turn:
-            notes.append("multi-turn: each human turn is an independent request whose prompt holds the "
-                         "conversation so far with the dataset's replies (not the engine's); turns of a "
-                         "conversation share shared_prefix_id")
-        self._profile = SourceProfile(
-            kind="dataset", description=self._description(), rows_read=src.rows_read,
-            rows_used=len(np.unique(src.rows[order])), input_tokens=src.input_len[population].tolist(),
-            output_tokens=out[population].tolist(), skipped=dict(bad.counts + filtered.counts),
-            skipped_examples=bad.examples + filtered.examples, notes=notes)
-
-        offsets = self.arrival.offsets(np.random.default_rng(seeds.arrival), n_requests)
-        for k, i in enumerate(order.tolist()):
-            ids = None if src.ids is None else tuple(src.ids[src.offsets[i]:src.offsets[i + 1]].tolist())
-            yield RequestSpec(
-                id=f"req-{k:06d}",
-                max_output_tokens=int(out[i]),
-                prompt_token_ids=ids,
-                prompt_text=src.prompts[i],
-                scheduled_offset_s=None if offsets is None else float(offsets[k]),
-                shared_prefix_id=src.conversation_ids[i] if self.multi_turn else None,
-                source=locator.source(int(src.rows[i]), int(src.lines[i]), int(src.turns[i])),
-            )
-
-    def _filters(self, input_len: np.ndarray, output_len: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-        """(reason, mask of items outside the bound) of each length bound set."""
-        for what, lengths in (("input", input_len), ("output", output_len)):
-            low, high = getattr(self, f"min_{what}_tokens"), getattr(self, f"max_{what}_tokens")
-            if low is not None:
-                yield f"{what} tokens below min_{what}_tokens ({low})", lengths < low
-            if high is not None:
-                yield f"{what} tokens above max_{what}_tokens ({high})", lengths > high
-
-    def _load(self, tokenizer: Tokenizer | None, bad: BadRows, locator: _Locator) -> tuple[_Source, list[str]]:
-        """The dataset's items measured with `tokenizer` (from the cache when there), and notes on how;
-        bad records go to `bad`."""
-        if tokenizer is None:
-            src, texts = self._parse(bad, locator)
-            _approximate(src, texts)
-            measured = "input lengths" + (" and output lengths from text" if self.output_tokens is None
-                                          and not self._fields.output_tokens else "")
-            return src, [f"the engine offers no tokenizer: prompts are sent as text and {measured} are "
-                         "APPROXIMATE (UTF-8 bytes / 4), filters included"]
-        measure_outputs = self.output_tokens is None  # with an override, output texts need no tokenizing
-        identity = dict(format=self._format, fields=asdict(self._fields), split=self._split(),
-                        multi_turn=self.multi_turn, output_lengths=measure_outputs, tokenizer=tokenizer.name)
-        key = tokenized_cache.cache_key(Path(self.path), identity)
-        arrays = tokenized_cache.load(key)
-        if arrays is not None:
-            src = _Source.from_arrays(arrays)
-            for row, line, turn, reason in src.bad:
-                bad.add(locator.where(row, line, turn), reason)
-            return src, [f"tokenized with {tokenizer.name}: read from the cache ({key[:12]})"]
-        src, texts = self._parse(bad, locator)
-        _tokenize(src, texts if measure_outputs else [None] * len(texts), tokenizer)
-        file = tokenized_cache.save(key, src.to_arrays())
-        return src, [f"tokenized with {tokenizer.name}: {len(src.prompts)} prompts, now cached in {file}"]
-
-    def _parse(self, bad: BadRows, locator: _Locator) -> tuple[_Source, list[str | None]]:
-        """Every record's items (lengths not yet measured) and their output texts; bad ones go to `bad`."""
-        prompts, texts, outs, rows, lines, turns, conversation_ids = [], [], [], [], [], [], []
-        bad_list: list[tuple[int, int, int, str]] = []
-        rows_read, fields, multi_turn = 0, self._fields, self.multi_turn
-        records = _RECORD_READERS[self._format](Path(self.path), fields, self._split())
-        with closing(records):  # a bad row that raises still closes the file (and the datasets context)
-            for row, line, record in records:
-                rows_read += 1
-                for item in _items(record, fields, multi_turn):
-                    if isinstance(item, _Bad):
-                        bad_list.append((row, line, item.turn, item.reason))
-                        bad.add(locator.where(row, line, item.turn), item.reason)
-                        continue
-                    prompts.append(item.prompt)
-                    texts.append(item.output_text)
-                    outs.append(item.output_tokens)
-                    rows.append(row)
-                    lines.append(line)
-                    turns.append(item.turn)
-                    if multi_turn:
-                        given = record.get(fields.id) if fields.id else None
-                        conversation_ids.append(f"row-{row}" if given is None else str(given))
-        src = _Source(prompts=prompts, output_len=np.array(outs, dtype=np.int64), rows=np.array(rows, dtype=np.int64),
-                      lines=np.array(lines, dtype=np.int64), turns=np.array(turns, dtype=np.int64),
-                      conversation_ids=conversation_ids, bad=bad_list, rows_read=rows_read)
-        return src, texts
+    def _multi_turn(self) -> bool:
+        return self.multi_turn
 
     def _description(self) -> str:
         split = f", split {self._split()}" if self._format == "hf" else ""
         return f"{self._format} dataset {self.path}{split}{', multi-turn' if self.multi_turn else ''}"
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells whether a source changed: size and modification time of the file, or of each file in the folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
 
 
 def _order(population: np.ndarray, groups: np.ndarray, n: int, shuffle: bool, rng: np.random.Generator) -> np.ndarray:
@@ -463,10 +619,10 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (ends - sizes), sizes) + np.arange(ends[-1] if len(ends) else 0)
 
 
-def _items(record, fields: _Fields, multi_turn: bool) -> Iterator[_Item | _Bad]:
+def _record_items(record: dict | Unreadable, fields: _Fields, multi_turn: bool) -> Iterator[Item | BadItem]:
     """The requests one record gives, and its bad parts (turn -1: the whole record)."""
-    if isinstance(record, _Unreadable):
-        yield _Bad(-1, record.reason)
+    if isinstance(record, Unreadable):
+        yield BadItem(-1, record.reason)
         return
     try:
         output_tokens = _count(record.get(fields.output_tokens), fields.output_tokens) if fields.output_tokens else None
@@ -474,47 +630,50 @@ def _items(record, fields: _Fields, multi_turn: bool) -> Iterator[_Item | _Bad]:
         if fields.prompt:
             prompt = _text(record.get(fields.prompt), fields.prompt)
             if prompt is None:
-                raise _RowError(f"missing prompt column {fields.prompt!r}")
+                raise RowError(f"missing prompt column {fields.prompt!r}")
             if not prompt.strip():
-                raise _RowError("empty prompt")
+                raise RowError("empty prompt")
             turns = None
         else:
             turns = _turns(record.get(fields.conversations), fields.conversations)
-    except _RowError as exc:
-        yield _Bad(-1, str(exc))
+    except RowError as exc:
+        yield BadItem(-1, str(exc))
         return
     if output_text is not None and not output_text.strip():
         output_text = None
     if turns is None:
-        yield _Item(-1, prompt, output_tokens or -1, output_text)
+        yield Item(-1, prompt, output_tokens or -1, output_text)
         return
     humans = [k for k, (role, _) in enumerate(turns) if role == "human"]
     if not humans:
-        yield _Bad(-1, "conversation has no human turn")
+        yield BadItem(-1, "conversation has no human turn")
     elif not multi_turn:
         text = turns[humans[0]][1]
-        yield (_Item(-1, text, output_tokens or -1, output_text or _reply_after(turns, humans[0])) if text.strip()
-               else _Bad(-1, "empty prompt"))
+        yield (Item(-1, text, output_tokens or -1, output_text or _reply_after(turns, humans[0])) if text.strip()
+               else BadItem(-1, "empty prompt"))
     else:
+        given = record.get(fields.id) if fields.id else None
+        conversation = None if given is None else str(given)
         rendered = [f"{_ROLE_TAGS[role]}: {text}\n" for role, text in turns]
         for k, t in enumerate(humans):
             text = turns[t][1]
-            yield (_Item(k, "".join(rendered[:t]) + f"User: {text}\nAssistant:", -1, _reply_after(turns, t))
-                   if text.strip() else _Bad(k, "empty prompt"))
+            yield (Item(k, "".join(rendered[:t]) + f"User: {text}\nAssistant:", -1, _reply_after(turns, t),
+                        conversation=conversation)
+                   if text.strip() else BadItem(k, "empty prompt"))
 
 
 def _turns(value, column: str) -> list[tuple[str, str]]:
     """(role, text) of each turn, role "human", "system" or "reply"."""
     if value is None:
-        raise _RowError(f"missing conversations column {column!r}")
+        raise RowError(f"missing conversations column {column!r}")
     if not isinstance(value, list):
-        raise _RowError(f"column {column!r} is not a list of turns")
+        raise RowError(f"column {column!r} is not a list of turns")
     turns = []
     for turn in value:
         role = (turn.get("from") or turn.get("role")) if isinstance(turn, dict) else None
         text = (turn.get("value") if turn.get("value") is not None else turn.get("content")) if role else None
         if not isinstance(role, str) or not isinstance(text, str):
-            raise _RowError("malformed turn (needs from/value or role/content strings)")
+            raise RowError("malformed turn (needs from/value or role/content strings)")
         turns.append(("human" if role in ("human", "user") else "system" if role == "system" else "reply", text))
     return turns
 
@@ -537,14 +696,14 @@ def _count(value, column: str) -> int | None:
         try:
             value = float(value)
         except ValueError:
-            raise _RowError(f"non-integer value in column {column!r}") from None
+            raise RowError(f"non-integer value in column {column!r}") from None
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not value.is_integer()):
-        raise _RowError(f"non-integer value in column {column!r}")
+        raise RowError(f"non-integer value in column {column!r}")
     if value < 1:
-        raise _RowError(f"value below 1 in column {column!r}")
+        raise RowError(f"value below 1 in column {column!r}")
     return int(value)
 
 
@@ -553,7 +712,7 @@ def _text(value, column: str) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if not isinstance(value, str):
-        raise _RowError(f"non-text value in column {column!r}")
+        raise RowError(f"non-text value in column {column!r}")
     return value
 
 
@@ -561,37 +720,59 @@ def _approx_tokens(text: str) -> int:
     return max(1, -(-len(text.encode("utf-8")) // 4))
 
 
-def _approximate(src: _Source, texts: list[str | None]) -> None:
-    """Fill in approximate lengths (no tokenizer)."""
-    src.input_len = np.array([_approx_tokens(p) for p in src.prompts], dtype=np.int64)
-    for i, text in enumerate(texts):
-        if src.output_len[i] < 0 and text is not None:
-            src.output_len[i] = _approx_tokens(text)
+def _pack(prompt_ids: Sequence[Sequence[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(the ids of every prompt that has ids, one after another; each prompt's length, 0 for one without)."""
+    sizes = np.fromiter((0 if ids is None else len(ids) for ids in prompt_ids), dtype=np.int64, count=len(prompt_ids))
+    present = [np.asarray(ids, dtype=np.int32) for ids in prompt_ids if ids is not None]
+    return (np.concatenate(present) if present else np.zeros(0, dtype=np.int32)), sizes
 
 
-def _tokenize(src: _Source, texts: list[str | None], tokenizer: Tokenizer) -> None:
-    """Fill in prompt ids and exact lengths, encoding prompts and output texts `_CHUNK` at a time."""
-    n = len(src.prompts)
-    parts, input_len = [], np.zeros(n, dtype=np.int64)
+def _approximate(parsed: _Parsed, measure_outputs: bool) -> _Lengths:
+    """Lengths without a tokenizer: exact for token-id prompts, approximate for text."""
+    given = parsed.given_ids or [None] * len(parsed.prompts)
+    ids, sizes = _pack(given)
+    input_len = np.array([len(g) if g is not None else _approx_tokens(p) for g, p in zip(given, parsed.prompts)],
+                         dtype=np.int64)
+    output_len = parsed.output_len.copy()
+    if measure_outputs:
+        for i, text in enumerate(parsed.output_texts):
+            if output_len[i] < 1 and text is not None:
+                output_len[i] = _approx_tokens(text)
+    return _Lengths(input_len=input_len, output_len=output_len, ids=ids,
+                    offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                    has_ids=np.array([g is not None for g in given], dtype=bool))
+
+
+def _tokenize(parsed: _Parsed, tokenizer: Tokenizer, measure_outputs: bool) -> _Lengths:
+    """Exact lengths and every prompt's ids: text prompts (and output texts) encoded `_CHUNK` items at a time."""
+    n = len(parsed.prompts)
+    given = parsed.given_ids or [None] * n
+    output_len, parts, input_len = parsed.output_len.copy(), [], np.zeros(n, dtype=np.int64)
     for start in range(0, n, _CHUNK):
         end = min(start + _CHUNK, n)
-        measure = [i for i in range(start, end) if src.output_len[i] < 0 and texts[i] is not None]
-        encoded = tokenizer.encode_batch(src.prompts[start:end] + [texts[i] for i in measure])
-        prompt_ids = encoded[:end - start]
-        input_len[start:end] = [len(ids) for ids in prompt_ids]
-        parts.append(np.fromiter(itertools.chain.from_iterable(prompt_ids), dtype=np.int32,
-                                 count=int(input_len[start:end].sum())))
-        for i, ids in zip(measure, encoded[end - start:]):
-            src.output_len[i] = len(ids)
-    src.input_len = input_len
-    src.ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    src.offsets = np.concatenate([[0], np.cumsum(input_len)]).astype(np.int64)
+        encode = [i for i in range(start, end) if given[i] is None]
+        measure = [i for i in range(start, end)
+                   if measure_outputs and output_len[i] < 1 and parsed.output_texts[i] is not None]
+        texts = [parsed.prompts[i] for i in encode] + [parsed.output_texts[i] for i in measure]
+        encoded = tokenizer.encode_batch(texts) if texts else []
+        chunk = given[start:end]
+        for i, ids in zip(encode, encoded):
+            chunk[i - start] = ids
+        for i, ids in zip(measure, encoded[len(encode):]):
+            output_len[i] = len(ids)
+        ids, input_len[start:end] = _pack(chunk)
+        parts.append(ids)
+    return _Lengths(input_len=input_len, output_len=output_len,
+                    ids=np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32),
+                    offsets=np.concatenate([[0], np.cumsum(input_len)]).astype(np.int64),
+                    has_ids=np.ones(n, dtype=bool))
 
 
 # ---- sources: config-time checks and column names, then records ------------------------------------
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
+    """A ValueError naming the field `path` unless it exists and can be read."""
     if not path.exists():
         raise ValueError(f"path: {path} does not exist")
     try:
@@ -726,23 +907,43 @@ def _hf_columns(path: Path, split: str) -> set[str]:
     return set(names)
 
 
-_Record = tuple[int, int, dict | _Unreadable]  # (row from 0, line from 1 or -1, the record)
-
-
-def _sharegpt_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
+def _sharegpt_records(path: Path, fields: _Fields, split: str) -> Iterator[Record]:
+    """The array's records one by one, each with the line it starts on."""
     try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of records (ShareGPT format), got {type(data).__name__}")
-    for row, record in enumerate(data):
-        yield row, -1, record if isinstance(record, dict) else _Unreadable("record is not a JSON object")
+    decoder, space = json.JSONDecoder(), _JSON_SPACE.match
+    pos = space(text).end()
+    if not text.startswith("[", pos):
+        raise ValueError(f"{path}: expected a JSON array of records (ShareGPT format)")
+    pos = space(text, pos + 1).end()
+    line, counted, closed = 1, 0, text.startswith("]", pos)
+    pos += closed
+    for row in itertools.count():
+        if closed:
+            break
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise _invalid_json(path, exc) from None
+        line, counted = line + text.count("\n", counted, pos), pos
+        yield row, line, record if isinstance(record, dict) else Unreadable("record is not a JSON object")
+        pos = space(text, end).end()
+        closed = text.startswith("]", pos)
+        if not (closed or text.startswith(",", pos)):
+            raise _invalid_json(path, json.JSONDecodeError("Expecting ',' delimiter", text, pos))
+        pos = space(text, pos + 1).end()
+    if pos < len(text):
+        raise _invalid_json(path, json.JSONDecodeError("Extra data", text, pos))
 
 
-def _jsonl_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
+def _invalid_json(path: Path, exc: json.JSONDecodeError) -> ValueError:
+    return ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})")
+
+
+def jsonl_records(path: Path, fields: _Fields | None = None, split: str = "") -> Iterator[Record]:
+    """One record a non-blank line (`fields` and `split` are not used: every reader takes them)."""
     with path.open("rb") as f:
         rows = itertools.count()
         for line, raw in enumerate(f, start=1):
@@ -750,13 +951,15 @@ def _jsonl_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError:  # JSONDecodeError, UnicodeDecodeError
-                record = _Unreadable("invalid JSON")
-            yield next(rows), line, (record if isinstance(record, (dict, _Unreadable))
-                                     else _Unreadable("not a JSON object"))
+            except UnicodeDecodeError:
+                record = Unreadable("not UTF-8 text")
+            except ValueError:
+                record = Unreadable("invalid JSON")
+            yield next(rows), line, (record if isinstance(record, (dict, Unreadable))
+                                     else Unreadable("not a JSON object"))
 
 
-def _csv_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
+def _csv_records(path: Path, fields: _Fields, split: str) -> Iterator[Record]:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
@@ -766,14 +969,14 @@ def _csv_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
                 line, end = end + 1, reader.line_num
                 if cells:
                     yield next(rows), line, (dict(zip(header, cells)) if len(cells) == len(header)
-                                             else _Unreadable("wrong number of fields"))
+                                             else Unreadable("wrong number of fields"))
         except csv.Error as exc:
             raise ValueError(f"{path}:{reader.line_num}: invalid CSV: {exc}") from None
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def _parquet_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
+def _parquet_records(path: Path, fields: _Fields, split: str) -> Iterator[Record]:
     pq = _import("pyarrow.parquet")
     rows = itertools.count()
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_CHUNK, columns=fields.names()):
@@ -781,7 +984,7 @@ def _parquet_records(path: Path, fields: _Fields, split: str) -> Iterator[_Recor
             yield next(rows), -1, record
 
 
-def _hf_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
+def _hf_records(path: Path, fields: _Fields, split: str) -> Iterator[Record]:
     with _datasets_offline() as datasets:
         for row, record in enumerate(_open_hf(datasets, path, split).select_columns(fields.names())):
             yield row, -1, record
@@ -790,6 +993,6 @@ def _hf_records(path: Path, fields: _Fields, split: str) -> Iterator[_Record]:
 _COLUMN_READERS: dict[Format, Callable[[Path, str], set[str] | None]] = {
     "sharegpt": _sharegpt_columns, "jsonl": _jsonl_columns, "csv": _csv_columns, "parquet": _parquet_columns,
     "hf": _hf_columns}
-_RECORD_READERS: dict[Format, Callable[[Path, _Fields, str], Iterator[_Record]]] = {
-    "sharegpt": _sharegpt_records, "jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records,
+_RECORD_READERS: dict[Format, Callable[[Path, _Fields, str], Iterator[Record]]] = {
+    "sharegpt": _sharegpt_records, "jsonl": jsonl_records, "csv": _csv_records, "parquet": _parquet_records,
     "hf": _hf_records}

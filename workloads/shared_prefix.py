@@ -51,6 +51,10 @@ class SharedPrefixWorkload(BaseModel):
         bounds = (self.prefix_tokens.upper_bound(), self.suffix_tokens.upper_bound(), self.output_tokens.upper_bound())
         return None if None in bounds else sum(bounds)
 
+    def longest_prompt_tokens(self) -> int | None:
+        bounds = (self.prefix_tokens.upper_bound(), self.suffix_tokens.upper_bound())
+        return None if None in bounds else sum(bounds)
+
     def _groups_of_requests(self, rng: np.random.Generator) -> np.ndarray:
         n, g = self.requests, self.groups
         if self.group_selection == "round_robin":

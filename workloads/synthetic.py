@@ -52,6 +52,10 @@ class SyntheticWorkload(BaseModel):
         i, o = self.input_tokens.upper_bound(), self.output_tokens.upper_bound()
         return None if i is None or o is None else i + o
 
+    def longest_prompt_tokens(self) -> int | None:
+        """Longest prompt this workload can produce, or None when unbounded."""
+        return self.input_tokens.upper_bound()
+
     def generate(self, token_space: TokenSpace) -> Iterator[RequestSpec]:
         """Yield the requests in send order; the same config and token space give the same requests."""
         seeds = self.seeds()

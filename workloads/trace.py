@@ -378,6 +378,10 @@ class TraceWorkload(BaseModel):
         """Longest prompt + output among the requests replayed (after clipping)."""
         return max(sum(self._lengths(r)) for r in self._replay.rows)
 
+    def longest_prompt_tokens(self) -> int:
+        """Longest prompt among the requests replayed (after clipping)."""
+        return max(self._lengths(r)[0] for r in self._replay.rows)
+
     def generate(self, token_space: TokenSpace) -> Iterator[RequestSpec]:
         """Yield the requests in trace order; the same config and token space give the same requests."""
         replay, path = self._replay, str(resolve_path(self.path))

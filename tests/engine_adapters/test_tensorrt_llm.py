@@ -5,15 +5,21 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from engine_adapters import Hardware, get_adapter
-from engine_adapters.tensorrt_llm import TensorRTLLMNotInstalled, engine_cache_key
+from engine_adapters.tensorrt_llm import (
+    TensorRTLLMNotInstalled,
+    engine_cache_key,
+    model_identity,
+)
 from engine_adapters.trtllm_args import (
     QUANT_ALGOS,
     TrtllmKnobs,
+    checkpoint_dir,
     checkpoint_quantization,
     llm_api_options,
     llm_kwargs,
@@ -48,6 +54,30 @@ def checkpoint(tmp_path, arch=LLAMA_8B, name="ckpt", **files):
     return str(path)
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty local Hugging Face cache for this test; `add(repo, commit, **files)` puts a snapshot in it as
+    huggingface_hub lays one out (refs/main -> snapshots/<commit>/)."""
+    import huggingface_hub.constants
+
+    root = tmp_path / "hf-hub"
+    root.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+
+    def add(repo, commit, arch=LLAMA_8B, **files):
+        repo_dir = root / f"models--{repo.replace('/', '--')}"
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+        snapshot = repo_dir / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text(json.dumps(arch))
+        for file, data in files.items():
+            (snapshot / file).write_text(json.dumps(data))
+        return snapshot
+
+    return add
+
+
 def spec(i=0, out=5, prompt=(10, 11, 12, 13)):
     return RequestSpec(id=f"r{i}", max_output_tokens=out, prompt_token_ids=tuple(prompt))
 
@@ -69,7 +99,12 @@ def start_and_stream(config, specs):
 
 def test_pytorch_knobs_map_to_exact_llm_kwargs(fake_trtllm):
     import tensorrt_llm
-    from tensorrt_llm.llmapi import CapacitySchedulerPolicy, CudaGraphConfig, KvCacheConfig, SchedulerConfig
+    from tensorrt_llm.llmapi import (
+        CapacitySchedulerPolicy,
+        CudaGraphConfig,
+        KvCacheConfig,
+        SchedulerConfig,
+    )
 
     knobs = TrtllmKnobs(model="org/m", kv_cache_dtype="fp8", **TUNED)
     assert llm_kwargs(knobs, tensorrt_llm) == {
@@ -96,7 +131,12 @@ def test_the_started_llm_gets_exactly_those_kwargs(fake_trtllm):
 @pytest.mark.parametrize("quantization", sorted(QUANT_ALGOS))
 def test_tensorrt_backend_quantization_becomes_quant_config(fake_trtllm, quantization):
     import tensorrt_llm
-    from tensorrt_llm.llmapi import ExtendedRuntimePerfKnobConfig, KvCacheConfig, QuantAlgo, QuantConfig
+    from tensorrt_llm.llmapi import (
+        ExtendedRuntimePerfKnobConfig,
+        KvCacheConfig,
+        QuantAlgo,
+        QuantConfig,
+    )
 
     knobs = TrtllmKnobs(model="org/m", backend="tensorrt", quantization=quantization, kv_cache_dtype="fp8", **TUNED)
     kwargs = llm_kwargs(knobs, tensorrt_llm)
@@ -104,9 +144,35 @@ def test_tensorrt_backend_quantization_becomes_quant_config(fake_trtllm, quantiz
                                                  kv_cache_quant_algo=QuantAlgo.FP8)
     # the TensorRT backend takes no kv_cache_config.dtype and no cuda_graph_config
     assert kwargs["kv_cache_config"] == KvCacheConfig(free_gpu_memory_fraction=0.75, enable_block_reuse=False)
-    assert kwargs["extended_runtime_perf_knob_config"] == ExtendedRuntimePerfKnobConfig(cuda_graph_mode=True)
+    assert kwargs["extended_runtime_perf_knob_config"] == ExtendedRuntimePerfKnobConfig(cuda_graph_mode=True,
+                                                                                         cuda_graph_cache_size=1000)
     assert "cuda_graph_config" not in kwargs
     tensorrt_llm.llmapi.TrtLlmArgs(**kwargs)  # the real argument model accepts them
+
+
+def test_tensorrt_backend_cuda_graphs_keep_trtllm_benchs_graph_cache(fake_trtllm):
+    """cuda_graph_mode alone keeps no graph: ExtendedRuntimePerfKnobConfig.cuda_graph_cache_size defaults to 0;
+    trtllm-bench pairs the mode with a cache of 1000 (PerformanceOptions), and so do we."""
+    from tensorrt_llm.llmapi import ExtendedRuntimePerfKnobConfig
+
+    assert ExtendedRuntimePerfKnobConfig(cuda_graph_mode=True).cuda_graph_cache_size == 0
+    start_and_stream(ADAPTER.Config(model="org/m", backend="tensorrt", engine_cache=False), [spec()])
+    perf = fake_trtllm.llms[0].args.extended_runtime_perf_knob_config
+    assert (perf.cuda_graph_mode, perf.cuda_graph_cache_size) == (True, 1000)
+
+
+def test_tensorrt_backend_keeps_trtllm_serves_dynamic_batch_tuning(fake_trtllm):
+    """trtllm-serve builds SchedulerConfig(dynamic_batch_config=DynamicBatchConfig(True, False, 128)) and our
+    scheduler_config replaces it whole: backend tensorrt carries the same, so measured == deployed. PyTorch: left
+    out (it applies to the TensorRT backend only)."""
+    import tensorrt_llm
+    from tensorrt_llm.llmapi import DynamicBatchConfig
+
+    trt = llm_kwargs(TrtllmKnobs(model="org/m", backend="tensorrt"), tensorrt_llm)["scheduler_config"]
+    assert trt.dynamic_batch_config == DynamicBatchConfig(enable_batch_size_tuning=True,
+                                                          enable_max_num_tokens_tuning=False,
+                                                          dynamic_batch_moving_average_window=128)
+    assert llm_kwargs(TrtllmKnobs(model="org/m"), tensorrt_llm)["scheduler_config"].dynamic_batch_config is None
 
 
 def test_tensorrt_backend_without_quantization_has_no_quant_config(fake_trtllm):
@@ -130,7 +196,40 @@ def test_pytorch_backend_passes_no_quant_config_and_checks_the_checkpoint(fake_t
     assert ADAPTER.check(ADAPTER.Config(model=fp8, quantization="fp8"), H100) is None
     reason = ADAPTER.check(ADAPTER.Config(model=plain, quantization="fp8"), H100)
     assert "is none, not fp8" in reason and "pre-quantized" in reason
+    assert "is fp8, not none" in ADAPTER.check(ADAPTER.Config(model=fp8), H100)  # no unlabelled fp8 either
     assert ADAPTER.check(ADAPTER.Config(model=plain, quantization="fp8", backend="tensorrt"), H100) is None
+
+
+def test_pytorch_backend_rejects_a_quantization_it_cannot_verify(fake_trtllm, hub_cache, tmp_path):
+    """A hub id not downloaded (or an unreadable config) cannot tell its quantization: anything but the default
+    `none` would be a label nobody checked, so it is infeasible, saying how to make it checkable."""
+    reason = ADAPTER.check(ADAPTER.Config(model="org/hub-model", quantization="fp8"), H100)
+    assert "quantization fp8 cannot be verified" in reason
+    assert "hf_quant_config.json" in reason and "quantization_config" in reason and "backend tensorrt" in reason
+    assert ADAPTER.check(ADAPTER.Config(model="org/hub-model"), H100) is None
+    broken = checkpoint(tmp_path, name="broken")
+    (Path(broken) / "hf_quant_config.json").write_text("{not json")
+    assert checkpoint_quantization(broken) is None
+    assert "cannot be verified" in ADAPTER.check(ADAPTER.Config(model=broken, quantization="fp8"), H100)
+    assert ADAPTER.check(ADAPTER.Config(model="org/hub-model", quantization="fp8", backend="tensorrt"), H100) is None
+
+
+def test_a_downloaded_hub_model_is_read_from_the_local_hugging_face_cache(fake_trtllm, hub_cache):
+    """Where TensorRT-LLM downloads a hub id (huggingface_hub's cache): its snapshot's quantization, size and
+    commit are read there, so checks and the engine cache key know them."""
+    assert checkpoint_dir("nvidia/m-fp8") is None
+    snapshot = hub_cache("nvidia/m-fp8", "a" * 40, **{"hf_quant_config.json": {"quantization": {"quant_algo": "FP8"}}})
+    assert checkpoint_dir("nvidia/m-fp8") == snapshot
+    assert checkpoint_quantization("nvidia/m-fp8") == "fp8"
+    assert ADAPTER.check(ADAPTER.Config(model="nvidia/m-fp8", quantization="fp8"), H100) is None
+    assert "is fp8, not none" in ADAPTER.check(ADAPTER.Config(model="nvidia/m-fp8"), H100)
+    assert weight_bytes("nvidia/m-fp8", "fp8") == parameter_count(LLAMA_8B)
+    assert model_identity("nvidia/m-fp8") == {"hub_id": "nvidia/m-fp8", "commit": "a" * 40}
+    assert model_identity("org/not-downloaded") == {"hub_id": "org/not-downloaded", "commit": None}
+    config = ADAPTER.Config(model="nvidia/m-fp8", backend="tensorrt", quantization="fp8")
+    before = engine_cache_key(config, "1.0.0")
+    hub_cache("nvidia/m-fp8", "b" * 40)  # main moved to a new commit: a new engine
+    assert engine_cache_key(config, "1.0.0") != before
 
 
 @pytest.mark.parametrize("quant, expected", [
@@ -161,8 +260,13 @@ def test_llm_api_options_are_the_yaml_trtllm_serve_takes(fake_trtllm, backend):
         assert options == {**common, "kv_cache_config": {**kv, "dtype": "auto"},
                            "cuda_graph_config": {"enable_padding": True, "max_batch_size": 32}}
     else:
-        assert options == {**common, "kv_cache_config": kv, "quant_config": {"quant_algo": "FP8"},
-                           "extended_runtime_perf_knob_config": {"cuda_graph_mode": True}}
+        scheduler = {"capacity_scheduler_policy": "MAX_UTILIZATION", "dynamic_batch_config": {
+            "enable_batch_size_tuning": True, "enable_max_num_tokens_tuning": False,
+            "dynamic_batch_moving_average_window": 128}}
+        assert options == {**common, "scheduler_config": scheduler, "kv_cache_config": kv,
+                           "quant_config": {"quant_algo": "FP8"},
+                           "extended_runtime_perf_knob_config": {"cuda_graph_mode": True,
+                                                                 "cuda_graph_cache_size": 1000}}
     (TorchLlmArgs if backend == "pytorch" else TrtLlmArgs)(model="org/m", **options)  # as trtllm-serve parses it
 
 
@@ -242,6 +346,39 @@ def test_check_passes_feasible_configs(fake_trtllm, tmp_path):
     assert ADAPTER.check(ADAPTER.Config(model=checkpoint(tmp_path, name="8b"), quantization="fp8", backend="tensorrt",
                                         kv_cache_dtype="fp8"), H100, 4096) is None
     assert ADAPTER.check(ADAPTER.Config(model="org/hub-model"), H100, 100_000) is None  # nothing known to check
+
+
+# --- prompt limits ---------------------------------------------------------------------------------
+
+def test_check_rejects_a_prompt_longer_than_max_num_tokens_without_chunked_prefill(fake_trtllm):
+    config = ADAPTER.Config(model="org/m", max_num_tokens=2048)
+    reason = ADAPTER.check(config, H100, max_input_tokens=3000)
+    assert "longest prompt (3000 tokens) exceeds max_num_tokens (2048) with chunked prefill off" in reason
+    assert ADAPTER.check(config.model_copy(update={"backend": "tensorrt"}), H100, max_input_tokens=3000) == reason
+    assert ADAPTER.check(config, H100, max_input_tokens=2048) is None
+    chunked = config.model_copy(update={"enable_chunked_prefill": True})
+    assert ADAPTER.check(chunked, H100, max_input_tokens=3000) is None
+    overridden = config.model_copy(update={"extra_llm_api_options": {"max_num_tokens": 4096}})
+    assert ADAPTER.check(overridden, H100, max_input_tokens=3000) is None
+    assert ADAPTER.check(config, H100) is None  # the longest prompt unknown: nothing to check
+
+
+@pytest.mark.parametrize("backend, error", [("pytorch", "should not exceed max_num_tokens (16)"),
+                                            ("tensorrt", "exceeds maximum input length (16)")])
+def test_the_fake_enforces_the_prompt_limit_as_tensorrt_llm_does(fake_trtllm, backend, error):
+    """Without chunked prefill a 20-token prompt does not fit max_num_tokens 16: PyTorch rejects it at submission
+    (BaseLLM._check_arguments), the TensorRT runtime fails it on its stream (max input length = min(max_seq_len - 1,
+    max_num_tokens)); with chunked prefill it runs, up to max_seq_len - 1 on the TensorRT backend."""
+    long = spec(out=3, prompt=range(10, 30))
+    config = ADAPTER.Config(model="org/m", backend=backend, max_num_tokens=16, max_batch_size=4, engine_cache=False)
+    (events,) = start_and_stream(config, [long])
+    assert error in events[-1].error and sum(e.n_tokens for e in events) == 0
+    chunked = config.model_copy(update={"enable_chunked_prefill": True})
+    (events,) = start_and_stream(chunked, [long])
+    assert [e.error for e in events if e.error] == [] and sum(e.n_tokens for e in events) == 3
+    if backend == "tensorrt":
+        (events,) = start_and_stream(chunked.model_copy(update={"max_seq_len": 20}), [long])
+        assert "exceeds maximum input length (19)" in events[-1].error
 
 
 # --- streaming -------------------------------------------------------------------------------------
@@ -370,8 +507,10 @@ def test_not_installed_start_raises_the_install_error_and_check_says_so():
     config = ADAPTER.Config(model="org/m")
     with pytest.raises(TensorRTLLMNotInstalled, match="TensorRT-LLM is not installed") as err:
         start_and_stream(config, [])
-    assert isinstance(err.value, ImportError) and "pip install tensorrt_llm" in str(err.value)
-    assert "trtllm_serve" in str(err.value)
+    message = str(err.value)  # TensorRT-LLM 1.x's own install routes: pip on Linux with CUDA, or NGC's container
+    assert isinstance(err.value, ImportError)
+    assert "apt-get -y install libopenmpi-dev && pip3 install tensorrt_llm" in message
+    assert "nvcr.io/nvidia/tensorrt-llm/release:" in message and "trtllm_serve" in message
     assert "TensorRT-LLM is not installed" in ADAPTER.check(config, H100)
 
 

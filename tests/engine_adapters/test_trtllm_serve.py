@@ -17,8 +17,13 @@ import yaml
 from engine_adapters import Hardware, get_adapter
 from engine_adapters.server_launcher import CONFIG_FILE, SERVER_LOG
 from engine_adapters.trtllm_args import TrtllmKnobs, llm_api_options
-from engine_adapters.trtllm_serve import (SERVE_SCRIPT, SERVE_YAML, TrtllmServeAdapter, TrtllmServeConfig,
-                                          deployment_files)
+from engine_adapters.trtllm_serve import (
+    SERVE_SCRIPT,
+    SERVE_YAML,
+    TrtllmServeAdapter,
+    TrtllmServeConfig,
+    deployment_files,
+)
 from harness.store import RunDir, TrialFiles
 from workloads import RequestSpec
 
@@ -97,14 +102,83 @@ def test_command_template_and_served_model(tmp_path):
     assert adapter.default_health_path(custom) == "/health"
 
 
-def test_check():
+def test_check(fake_trtllm_serve, tmp_path):
     adapter = get_adapter("trtllm_serve")
-    fp8 = TrtllmServeConfig(model="m", quantization="fp8")
+    fp8 = TrtllmServeConfig(model="m", quantization="fp8", backend="tensorrt")
     assert "compute capability >= 8.9" in adapter.check(fp8, Hardware(gpu_count=1, compute_capability=(8, 0)))
     assert adapter.check(fp8, Hardware(gpu_count=1, compute_capability=(9, 0))) is None
     tp = TrtllmServeConfig(model="m", tensor_parallel_size=2)
     assert "2 GPUs, but this machine has 1" in adapter.check(tp, Hardware(gpu_count=1))
+    # the PyTorch backend serves the checkpoint as stored: a quantization must be the checkpoint's own
+    checkpoint = tmp_path / "plain"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    plain_fp8 = TrtllmServeConfig(model=str(checkpoint), quantization="fp8")
+    assert "is none, not fp8" in adapter.check(plain_fp8, Hardware(gpu_count=1, compute_capability=(9, 0)))
+    assert "cannot be verified" in adapter.check(TrtllmServeConfig(model="m", quantization="fp8"), Hardware(1))
+    # and without chunked prefill the longest prompt must fit max_num_tokens
+    budget = TrtllmServeConfig(model="m", max_num_tokens=1024)
+    assert "longest prompt (2000 tokens) exceeds max_num_tokens (1024)" in adapter.check(budget, Hardware(1),
+                                                                                        max_input_tokens=2000)
+    assert adapter.check(budget, Hardware(1), max_input_tokens=1024) is None
 
+
+def test_unavailable_names_the_missing_executable(tmp_path, monkeypatch):
+    """The executable the launch would run (trtllm-serve, or `command[0]`), looked up as the launch looks it up."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    adapter = TrtllmServeAdapter()
+    config = TrtllmServeConfig(model="m")
+    reason = adapter.unavailable(config)
+    assert reason.startswith("trtllm-serve is not on PATH; install TensorRT-LLM")
+    assert "pip3 install tensorrt_llm" in reason and "engine.params.command" in reason
+    assert adapter.check(config, Hardware(gpu_count=1)) == reason
+    assert adapter.unavailable() is None  # no config, no command to look for
+    assert adapter.unavailable(TrtllmServeConfig(model="m", command=[sys.executable, "{model}"])) is None
+    missing = TrtllmServeConfig(model="m", command=["/no/such/wrapper.sh", "{model}"])
+    assert adapter.unavailable(missing) == ("engine.params.command[0] '/no/such/wrapper.sh' is not an executable "
+                                            "file, nor found on PATH")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trtllm-serve").write_text("#!/bin/sh\n")
+    (bin_dir / "trtllm-serve").chmod(0o755)
+    monkeypatch.setenv("HARNESS_TEST_BIN", str(bin_dir))
+    assert adapter.unavailable(TrtllmServeConfig(model="m", env={"PATH": "${HARNESS_TEST_BIN}"})) is None
+    unset = TrtllmServeConfig(model="m", env={"PATH": "${HARNESS_TEST_UNSET}"})
+    assert "HARNESS_TEST_UNSET" in adapter.unavailable(unset)
+
+
+def test_cli_tune_without_trtllm_serve_stops_before_any_trial(tmp_path):
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({
+        "name": "serve", "engine": {"kind": "trtllm_serve", "model": "tiny-model"},
+        "workload": {"kind": "synthetic", "requests": 4, "input_tokens": {"dist": "fixed", "value": 8},
+                     "output_tokens": {"dist": "fixed", "value": 4},
+                     "arrival": {"process": "closed", "concurrency": 2}},
+        "search": {"space": "trtllm-default", "trials": 2, "objective": "maximize output_throughput_tok_s"}}))
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])  # no trtllm-serve on it
+    proc = subprocess.run([sys.executable, "-m", "harness", "tune", "exp.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "PATH": path})
+    assert proc.returncode == 2
+    assert "engine.kind trtllm_serve: trtllm-serve is not on PATH" in " ".join((proc.stdout + proc.stderr).split())
+    assert not (tmp_path / "runs").exists()  # stopped before the study was created, not after rejected points
+
+
+
+def test_tune_says_why_the_trtllm_bench_warm_start_was_skipped(tmp_path):
+    """trtllm-bench's sizing needs the GPU's memory; with none known the warm start is skipped, saying so."""
+    from harness.config import parse_config
+    from harness.tuner import Tuner
+
+    cfg = parse_config({
+        "name": "serve", "engine": {"kind": "trtllm_serve", "model": "org/model", "params": {"command": ["/bin/true"]}},
+        "workload": {"kind": "synthetic", "requests": 4, "input_tokens": {"dist": "fixed", "value": 8},
+                     "output_tokens": {"dist": "fixed", "value": 4}, "arrival": {"process": "closed", "concurrency": 2}},
+        "search": {"space": "trtllm-default", "trials": 1, "objective": "maximize output_throughput_tok_s"}}, "test")
+    tuner = Tuner(cfg, RunDir(tmp_path / "run"), config_dir=tmp_path, hardware=Hardware(gpu_count=0))
+    assert "memory" in tuner.warm_start_skipped
+    assert not tuner.study.trials  # nothing queued
+    with_gpu = Hardware(gpu_count=1, gpu_memory_bytes=(80 * 2**30,), compute_capability=(9, 0))
+    assert Tuner(cfg, RunDir(tmp_path / "run2"), config_dir=tmp_path, hardware=with_gpu).warm_start_skipped is not None, \
+        "a hub id not in the local cache: the model's size is unknown, so there is still no point"
 
 # ---- deployment files ------------------------------------------------------------------------------------
 

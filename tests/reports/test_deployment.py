@@ -8,12 +8,19 @@ import yaml
 
 from engine_adapters.trtllm_args import TrtllmKnobs, llm_api_options
 from engine_adapters.trtllm_serve import SERVE_SCRIPT, SERVE_YAML, TrtllmServeConfig
+from harness.objectives import objective_value
 from harness.store import write_json
 from harness.summary import TrialRow
-from harness.objectives import objective_value
 from reports import render_study_report
 from reports.recommended import write_deployment
-from tests.reports.test_reports import OBJECTIVE, XSS, make_records, make_result, make_summary
+from tests.engine_adapters.conftest import fake_trtllm  # noqa: F401  (the fake tensorrt_llm, as a fixture)
+from tests.reports.test_reports import (
+    OBJECTIVE,
+    XSS,
+    make_records,
+    make_result,
+    make_summary,
+)
 
 KNOBS = {"max_batch_size": 48, "max_num_tokens": 3072, "kv_cache_fraction": 0.8}
 
@@ -56,3 +63,20 @@ def test_no_deployment_files_without_a_best_trial(summary, tmp_path):
     summary.best = None
     assert write_deployment(summary, tmp_path) == []
     assert not (tmp_path / SERVE_YAML).exists()
+
+
+@pytest.mark.usefixtures("fake_trtllm")
+def test_tensorrt_deployment_carries_what_the_trial_measured(summary, tmp_path):
+    """trtllm-serve's own scheduler_config turns on dynamic batch-size tuning and ours replaces it whole, so the
+    TensorRT-backend YAML carries the same tuning, and the CUDA graph cache, that the measured LLM(...) got."""
+    import tensorrt_llm
+
+    from engine_adapters.trtllm_args import DYNAMIC_BATCH, llm_kwargs
+
+    summary.best.result["engine"]["config"]["backend"] = "tensorrt"
+    write_deployment(summary, tmp_path)
+    options = yaml.safe_load((tmp_path / SERVE_YAML).read_text())
+    assert options["scheduler_config"]["dynamic_batch_config"] == DYNAMIC_BATCH
+    assert options["extended_runtime_perf_knob_config"] == {"cuda_graph_mode": True, "cuda_graph_cache_size": 1000}
+    measured = llm_kwargs(TrtllmKnobs(model=XSS, backend="tensorrt", **KNOBS), tensorrt_llm)
+    assert tensorrt_llm.llmapi.TrtLlmArgs(model=XSS, **options) == tensorrt_llm.llmapi.TrtLlmArgs(**measured)

@@ -3,13 +3,16 @@ tokenization (exact, cached, or approximate without a tokenizer), bad rows and c
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
-from pydantic import TypeAdapter
+import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from harness.config import parse_config
 from harness.errors import ConfigError
-from workloads import TokenSpace, WorkloadConfig
+from workloads import TokenSpace, WorkloadConfig, dataset
 from workloads.dataset import DatasetWorkload
 from workloads.profile import BadRowError
 
@@ -51,10 +54,13 @@ def workload(path, **kw) -> DatasetWorkload:
     return TypeAdapter(WorkloadConfig).validate_python(data)
 
 
-def sharegpt(tmp_path, conversations, name="data.json"):
+def sharegpt(tmp_path, conversations, name="data.json", indent=None):
+    """A ShareGPT file; record i starts on line i + 2 (with `indent`: records span lines, laid out by json.dumps)."""
     path = tmp_path / name
-    path.write_text(json.dumps([{"id": f"c{i}", "conversations": [{"from": r, "value": v} for r, v in turns]}
-                                for i, turns in enumerate(conversations)]))
+    records = [{"id": f"c{i}", "conversations": [{"from": r, "value": v} for r, v in turns]}
+               for i, turns in enumerate(conversations)]
+    path.write_text(json.dumps(records, indent=indent) if indent else
+                    "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     return path
 
 
@@ -117,7 +123,7 @@ def test_sharegpt_first_human_turn_is_the_prompt_and_its_reply_the_output_length
         ("Hello there", len("Hi! How can I help?")), ("2+2?", 1), ("ok then", 4)]
     assert reqs[0].prompt_token_ids == tuple(b"Hello there")
     assert [r.id for r in reqs] == ["req-000000", "req-000001", "req-000002"]
-    assert reqs[2].source == {"kind": "dataset", "path": str(path), "row": 2}
+    assert reqs[2].source == {"kind": "dataset", "path": str(path), "row": 2, "line": 4}
     assert all(r.scheduled_offset_s is None and r.shared_prefix_id is None for r in reqs)
 
 
@@ -202,7 +208,9 @@ def test_filters_drop_and_count_by_reason(tmp_path):
                                "input tokens above max_input_tokens (30)": 1,
                                "output tokens above max_output_tokens (30)": 1}
     assert profile.rows_read == 5 and profile.rows_used == 2
-    assert sorted(profile.input_tokens) == [5, 20] and sorted(profile.output_tokens) == [5, 20]
+    # the profile is the source as recorded: every usable row, before the filters
+    assert profile.input_tokens == [5, 50, 5, 1, 20] and profile.output_tokens == [5, 5, 50, 5, 20]
+    assert "length filters kept 2 of 5 rows" in profile.notes
     assert any(e.startswith(f"{path}: row 1") for e in profile.skipped_examples)
 
 
@@ -250,6 +258,8 @@ def test_max_sequence_tokens(tmp_path):
     assert workload(path).max_sequence_tokens() is None
     assert workload(path, max_input_tokens=100).max_sequence_tokens() is None
     assert workload(path, max_input_tokens=100, max_output_tokens=20).max_sequence_tokens() == 120
+    assert workload(path).longest_prompt_tokens() is None
+    assert workload(path, max_input_tokens=100).longest_prompt_tokens() == 100
     fixed = {"dist": "fixed", "value": 8}
     assert workload(path, max_input_tokens=100, output_tokens=fixed).max_sequence_tokens() == 108
 
@@ -297,15 +307,16 @@ def test_tokenization_is_batched_and_cached(tmp_path, cache):
     assert tok.calls == 6   # the file changed: tokenized again
 
 
-def test_cache_replays_bad_rows_under_the_current_policy(tmp_path):
+def test_cached_lengths_keep_bad_rows_counted(tmp_path):
     path = sharegpt(tmp_path, [[("human", "q"), ("gpt", "r")], [("gpt", "no question")]])
     tok = ByteTokenizer()
-    skip = workload(path, on_bad_row="skip")
-    assert len(list(skip.generate(space(tok)))) == 1 and skip.source_profile().skipped == {
-        "conversation has no human turn": 1}
-    with pytest.raises(BadRowError, match=re.escape(f"{path}: row 1: conversation has no human turn")):
-        list(workload(path).generate(space(tok)))
-    assert tok.calls == 1
+    for _ in range(2):  # tokenized, then from the cache
+        skip = workload(path, on_bad_row="skip")
+        assert len(list(skip.generate(space(tok)))) == 1 and skip.source_profile().skipped == {
+            "conversation has no human turn": 1}
+    assert tok.calls == 1 and "read from the cache" in skip.source_profile().notes[0]
+    with pytest.raises(ValidationError, match=re.escape(f"{path}: row 1 (line 3): conversation has no human turn")):
+        workload(path)
 
 
 def test_corrupt_cache_file_is_rebuilt(tmp_path, cache):
@@ -351,7 +362,7 @@ def test_multi_turn_prompts_hold_the_history_and_share_a_prefix_id(tmp_path):
     skip = workload(path, multi_turn=True, shuffle=False, on_bad_row="skip")
     assert [r.max_output_tokens for r in skip.generate(space())] == [2, 3, 2]
     assert skip.source_profile().skipped_examples == [
-        f"{path}: row 0, turn 2: no output length (no reply, no output column value)"]
+        f"{path}: row 0 (line 2), turn 2: no output length (no reply, no output column value)"]
 
 
 def test_multi_turn_sampling_keeps_conversations_whole_and_in_order(tmp_path):
@@ -393,18 +404,18 @@ BAD = [  # (writer, config, location, reason)
      "empty prompt"),
     (lambda p: write_csv(p, ["prompt", "n"], ["a", "1"], ["x", "2", "extra"], ["b", "3"]), N,
      "data.csv: row 1 (line 3)", "wrong number of fields"),
-    (lambda p: sharegpt_case(p, [("gpt", "only")]), {}, "data.json: row 1", "conversation has no human turn"),
-    (lambda p: sharegpt_case(p, [("human", " "), ("gpt", "x")]), {}, "data.json: row 1", "empty prompt"),
-    (lambda p: sharegpt_case(p, [("human", "q")]), {}, "data.json: row 1", "no output length"),
-    (lambda p: sharegpt_case(p, [("human", "q"), ("gpt", 7)]), {}, "data.json: row 1", "malformed turn"),
+    (lambda p: sharegpt_case(p, [("gpt", "only")]), {}, "data.json: row 1 (line 3)", "conversation has no human turn"),
+    (lambda p: sharegpt_case(p, [("human", " "), ("gpt", "x")]), {}, "data.json: row 1 (line 3)", "empty prompt"),
+    (lambda p: sharegpt_case(p, [("human", "q")]), {}, "data.json: row 1 (line 3)", "no output length"),
+    (lambda p: sharegpt_case(p, [("human", "q"), ("gpt", 7)]), {}, "data.json: row 1 (line 3)", "malformed turn"),
 ]
 
 
 @pytest.mark.parametrize("write,config,where,reason", BAD)
-def test_bad_rows_error_with_location_or_are_skipped_and_counted(tmp_path, write, config, where, reason):
+def test_bad_rows_reject_the_config_naming_where_or_are_skipped_and_counted(tmp_path, write, config, where, reason):
     path = write(tmp_path)
-    with pytest.raises(BadRowError, match="^" + re.escape(f"{tmp_path}/{where}: {reason}")):
-        list(workload(path, **config).generate(space()))
+    with pytest.raises(ValidationError, match=re.escape(f"{tmp_path}/{where}: {reason}")):
+        workload(path, **config)
     w = workload(path, on_bad_row="skip", shuffle=False, **config)
     assert len(list(w.generate(space()))) == 2
     profile = w.source_profile()
@@ -437,7 +448,7 @@ def experiment(workload_fields: dict) -> dict:
     ({"path": "{tmp}/data.json", "columns": {"output_tokens": "n"}},
      "columns.output_tokens: {tmp}/data.json has no column"),
     ({"path": "{tmp}/data.json", "multi_turn": True, "columns": {"output_text": "id"}}, "one length per row"),
-    ({"path": "{tmp}/data.json", "format": "jsonl"}, "no JSON object in its first 100 lines"),
+    ({"path": "{tmp}/data.json", "format": "jsonl"}, "{tmp}/data.json:1: invalid JSON"),
     ({"path": "{tmp}/data.jsonl", "format": "sharegpt"}, "not a JSON array of records"),
     ({"path": "{tmp}/data.json", "format": "hf"}, "format: hf needs a folder"),
     ({"path": "{tmp}/data.json", "split": "test"}, "split: applies to format hf only"),
@@ -465,10 +476,57 @@ def test_config_errors_name_the_field(tmp_path, fields, expected):
     assert "workload.dataset" in str(err.value) and expected.replace("{tmp}", str(tmp_path)) in str(err.value)
 
 
-def test_a_good_config_validates_without_reading_every_row(tmp_path):
+def test_every_row_is_checked_when_the_config_is_validated(tmp_path):
     path = jsonl(tmp_path, *[{"prompt": f"p{i}", "output_tokens": 1} for i in range(200)], '{"broken')
-    cfg = parse_config(experiment({"path": str(path), "columns": {"output_tokens": "output_tokens"}}), "c.yaml")
+    fields = {"path": str(path), "columns": {"output_tokens": "output_tokens"}}
+    with pytest.raises(ConfigError, match=re.escape(f"workload.dataset: {path}:201: invalid JSON (set on_bad_row")):
+        parse_config(experiment(fields), "c.yaml")
+    cfg = parse_config(experiment({**fields, "on_bad_row": "skip"}), "c.yaml")
     assert isinstance(cfg.workload, DatasetWorkload) and cfg.workload.model_dump()["format"] == "auto"
-    with pytest.raises(BadRowError, match=r"data\.jsonl:201: invalid JSON"):
-        list(cfg.workload.generate(space()))
+    assert len(list(cfg.workload.generate(space()))) == 200
+    assert cfg.workload.source_profile().skipped == {"invalid JSON": 1}
+    with pytest.raises(ConfigError, match=r"requests: 201 asked for but .*data\.jsonl holds only 200 usable rows "
+                                          r"\(1 bad rows skipped\)"):
+        parse_config(experiment({**fields, "on_bad_row": "skip", "requests": 201}), "c.yaml")
 
+
+def test_rows_read_at_validation_are_reused_until_the_file_changes(tmp_path, monkeypatch):
+    reads = []
+    reader = dataset._RECORD_READERS["sharegpt"]
+    monkeypatch.setitem(dataset._RECORD_READERS, "sharegpt", lambda *a: reads.append(a) or reader(*a))
+    path = sharegpt(tmp_path, [[("human", f"q{i}"), ("gpt", "r")] for i in range(3)])
+    w = workload(path)
+    assert len(list(w.generate(space()))) == 3 and len(list(w.generate(space()))) == 3 and len(reads) == 1
+    sharegpt(tmp_path, [[("human", "q"), ("gpt", "r")], [("human", "")]])   # changed: read and checked again
+    with pytest.raises(BadRowError, match=re.escape(f"{path}: row 1 (line 3): empty prompt")):
+        list(w.generate(space()))
+    assert len(reads) == 2
+
+
+def test_sharegpt_locations_name_the_line_each_record_starts_on(tmp_path):
+    path = sharegpt(tmp_path, [[("human", "a"), ("gpt", "b")], [("human", "c"), ("gpt", "d")], [("gpt", "only")]],
+                    indent=2)
+    text = path.read_text()
+    starts = [text[:m.start()].count("\n") + 1 for m in re.finditer(r'^  \{$', text, re.M)]
+    assert len(starts) == 3 and starts[0] == 2 and starts[1] > 10
+    w = workload(path, on_bad_row="skip", shuffle=False)
+    assert [r.source["line"] for r in w.generate(space())] == starts[:2]
+    assert w.source_profile().skipped_examples == [f"{path}: row 2 (line {starts[2]}): conversation has no human turn"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(text.replace('"value": "c"', '"value": "c" "oops"'))
+    line = text[:text.index('"value": "c"')].count("\n") + 1
+    with pytest.raises(ValidationError, match=re.escape(f"{broken}:{line}: invalid JSON: Expecting ',' delimiter")):
+        workload(broken)
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_harness_exits_2_on_a_bad_row_before_any_engine_starts(tmp_path, command):
+    path = sharegpt(tmp_path, [[("human", "q"), ("gpt", "r")], [("human", " "), ("gpt", "r")]])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**experiment({"path": str(path)}), "search": {"space": "mock-default",
+                                                                                    "trials": 2}}))
+    proc = subprocess.run([sys.executable, "-m", "harness", command, str(config)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"workload.dataset: {path}: row 1 (line 3): empty prompt" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()   # no trial, no engine

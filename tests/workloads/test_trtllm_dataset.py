@@ -1,18 +1,45 @@
-"""trtllm-bench dataset JSONL: reading it as a workload, writing any workload back, bad-row errors."""
+"""trtllm-bench dataset JSONL: reading it as a workload (tokenizing, filtering, sampling, bad rows at config
+time), writing any workload back."""
 import asyncio
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from harness.config import parse_config
 from harness.errors import ConfigError
 from workloads import SyntheticWorkload, TokenSpace, WorkloadConfig
 from workloads.request import RequestSpec
-from workloads.trtllm_dataset import TrtllmDatasetWorkload, read_trtllm_dataset, write_trtllm_dataset
+from workloads.trtllm_dataset import TrtllmDatasetWorkload, write_trtllm_dataset
 
 SPACE = TokenSpace(vocab_size=100, reserved_ids=frozenset({0}))
+
+
+class ByteTokenizer:
+    """Token ids = UTF-8 bytes; counts the texts it encoded."""
+
+    name = "bytes-v1"
+
+    def __init__(self):
+        self.texts = 0
+
+    def encode_batch(self, texts):
+        self.texts += len(texts)
+        return [list(t.encode()) for t in texts]
+
+    def decode(self, ids):
+        return bytes(ids).decode()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def write_lines(tmp_path, *lines, name="data.jsonl"):
@@ -61,18 +88,89 @@ def test_open_loop_arrival_is_seeded_and_moves_nothing_else(tmp_path):
     assert [r.prompt_token_ids for r in a] == [r.prompt_token_ids for r in b]
 
 
-def test_first_n_rows_and_sequence_bound(tmp_path):
+def rows(n, **fields):
+    return [json.dumps({"task_id": i, "input_ids": [1 + i % 50] * (1 + i % 9), "output_tokens": 1 + i % 5, **fields})
+            for i in range(n)]
+
+
+def test_requests_are_drawn_with_the_seed_and_sent_in_file_order(tmp_path):
+    path = write_lines(tmp_path, *rows(100))
+    a = list(workload(path, requests=30, seed=1).generate(SPACE))
+    task_ids = [r.source["task_id"] for r in a]
+    assert len(set(task_ids)) == 30 and task_ids == sorted(task_ids) and task_ids != list(range(30))
+    assert [r.source["task_id"] for r in workload(path, requests=30, seed=1).generate(SPACE)] == task_ids
+    assert [r.source["task_id"] for r in workload(path, requests=30, seed=2).generate(SPACE)] != task_ids
+    shuffled = [r.source["task_id"] for r in workload(path, requests=30, seed=1, shuffle=True).generate(SPACE)]
+    assert sorted(shuffled) == task_ids and shuffled != task_ids
+    assert [r.source["task_id"] for r in workload(path).generate(SPACE)] == list(range(100))
+
+
+def test_sequence_bound_is_exact_for_token_id_prompts(tmp_path):
     path = write_lines(tmp_path,
                        '{"task_id": 0, "input_ids": [1, 2, 3], "output_tokens": 10}',
                        '{"task_id": 1, "input_ids": [1], "output_tokens": 20}',
-                       '{"task_id": 2, "prompt": "text", "output_tokens": 1}')
-    assert len(list(workload(path, requests=2).generate(SPACE))) == 2
-    assert workload(path, requests=2).max_sequence_tokens() == 21
-    assert workload(path).max_sequence_tokens() is None   # a text prompt's token count is unknown
-    with pytest.raises(ValidationError, match="holds only 3 rows"):
+                       '{"task_id": 2, "input_ids": [1, 2, 3, 4], "output_tokens": 1}')
+    assert workload(path).max_sequence_tokens() == 21 and workload(path).longest_prompt_tokens() == 4
+    assert workload(path, max_output_tokens=15).max_sequence_tokens() == 13   # the 1 + 20 row is filtered out
+    sent = list(workload(path, requests=2, seed=4).generate(SPACE))
+    assert workload(path, requests=2, seed=4).max_sequence_tokens() == max(r.input_tokens + r.max_output_tokens
+                                                                           for r in sent)
+    text = write_lines(tmp_path, '{"task_id": 0, "prompt": "text", "output_tokens": 1}', name="text.jsonl")
+    assert workload(text).max_sequence_tokens() is None   # a text prompt's token count is unknown before tokenizing
+    assert workload(text).longest_prompt_tokens() is None
+    assert workload(text, max_input_tokens=50).max_sequence_tokens() is None
+    assert workload(text, max_input_tokens=50).longest_prompt_tokens() == 50
+    assert workload(text, max_input_tokens=50, max_output_tokens=8).max_sequence_tokens() == 58
+    with pytest.raises(ValidationError, match="requests: 4 asked for but .* holds only 3 usable rows"):
         workload(path, requests=4)
     with pytest.raises(ValidationError, match="leave no measured request"):
         workload(path, warmup_requests=2, cooldown_requests=1)
+
+
+def test_text_prompts_are_tokenized_in_batches_and_cached(tmp_path, cache):
+    path = write_lines(tmp_path, '{"task_id": 0, "input_ids": [7, 8], "output_tokens": 2}',
+                       *[json.dumps({"task_id": i, "prompt": f"prompt number {i}", "output_tokens": 3})
+                         for i in range(1, 2500)])
+    tok = ByteTokenizer()
+    w = workload(path)
+    reqs = list(w.generate(TokenSpace(vocab_size=256, tokenizer=tok)))
+    assert tok.texts == 2499   # the input_ids row is sent as it is
+    assert reqs[0].prompt_token_ids == (7, 8) and reqs[0].prompt_text is None
+    assert reqs[5].prompt_token_ids == tuple(b"prompt number 5") and reqs[5].prompt_text == "prompt number 5"
+    profile = w.source_profile()
+    assert profile.input_tokens[:2] == [2, len("prompt number 1")] and "now cached in" in profile.notes[0]
+    again = workload(path)
+    assert list(again.generate(TokenSpace(vocab_size=256, tokenizer=tok))) == reqs and tok.texts == 2499
+    assert "read from the cache" in again.source_profile().notes[0]
+    assert len(list((cache / "tokenized").glob("*.npz"))) == 1
+
+
+def test_without_a_tokenizer_text_prompt_lengths_are_approximate(tmp_path, cache):
+    path = write_lines(tmp_path, '{"task_id": 0, "input_ids": [7, 8], "output_tokens": 2}',
+                       '{"task_id": 1, "prompt": "twelve bytes", "output_tokens": 3}')
+    w = workload(path)
+    reqs = list(w.generate(SPACE))
+    assert [(r.prompt_token_ids, r.prompt_text) for r in reqs] == [((7, 8), None), (None, "twelve bytes")]
+    profile = w.source_profile()
+    assert profile.input_tokens == [2, 3] and "input lengths are APPROXIMATE" in profile.notes[0]
+    assert not (cache / "tokenized").exists()
+
+
+def test_length_filters_drop_and_count_and_the_profile_keeps_the_source_as_recorded(tmp_path):
+    path = write_lines(tmp_path, *rows(20))
+    w = workload(path, min_input_tokens=3, max_output_tokens=4)
+    reqs = list(w.generate(SPACE))
+    lengths = [(1 + i % 9, 1 + i % 5) for i in range(20)]
+    kept = [(n, m) for n, m in lengths if n >= 3 and m <= 4]
+    assert [(r.input_tokens, r.max_output_tokens) for r in reqs] == kept
+    profile = w.source_profile()
+    assert list(zip(profile.input_tokens, profile.output_tokens)) == lengths
+    assert f"length filters kept {len(kept)} of 20 rows" in profile.notes
+    assert profile.skipped == {"input tokens below min_input_tokens (3)": sum(n < 3 for n, _ in lengths),
+                               "output tokens above max_output_tokens (4)": sum(n >= 3 and m > 4 for n, m in lengths)}
+    assert profile.rows_read == 20 and profile.rows_used == len(kept)
+    with pytest.raises(ValueError, match=r"18 requests asked for but only \d+ usable rows remain of 20 rows read"):
+        list(workload(path, min_input_tokens=3, requests=18).generate(SPACE))
 
 
 def test_round_trip_of_a_synthetic_workload(tmp_path):
@@ -96,8 +194,8 @@ def test_round_trip_of_text_and_mixed_prompts(tmp_path):
              RequestSpec(id="y", max_output_tokens=2, prompt_token_ids=(4, 5), prompt_text="four five")]
     path = tmp_path / "text.jsonl"
     write_trtllm_dataset(path, specs)
-    rows = read_trtllm_dataset(path)
-    assert [(r.task_id, r.prompt, r.input_ids, r.output_tokens) for r in rows] == [
+    back = list(workload(path).generate(SPACE))
+    assert [(r.source["task_id"], r.prompt_text, r.prompt_token_ids, r.max_output_tokens) for r in back] == [
         (0, specs[0].prompt_text, None, 5), (1, "four five", (4, 5), 2)]
 
 
@@ -106,8 +204,8 @@ def test_metadata_line_is_skipped_and_the_legacy_format_explained(tmp_path):
                        '{"task_id": 0, "input_ids": [1], "output_tokens": 1}')
     assert len(list(workload(path).generate(SPACE))) == 1
     legacy = write_lines(tmp_path, '{"metadata": {}, "samples": [{"task_id": 0}]}', name="legacy.json")
-    with pytest.raises(ValueError, match=r"legacy.json:1: .*prepare_dataset.py --stdout"):
-        read_trtllm_dataset(legacy)
+    with pytest.raises(ValidationError, match=r"legacy.json:1: .*prepare_dataset.py --stdout"):
+        workload(legacy, on_bad_row="skip")
 
 
 GOOD = '{"task_id": 0, "input_ids": [1, 2], "output_tokens": 2}'
@@ -115,7 +213,7 @@ GOOD = '{"task_id": 0, "input_ids": [1, 2], "output_tokens": 2}'
 
 @pytest.mark.parametrize("bad,message", [
     ('{"task_id": 1, "input_ids": [1, 2], "output_tokens": 2', "invalid JSON"),
-    ('[1, 2, 3]', "expected a JSON object"),
+    ("[1, 2, 3]", "not a JSON object"),
     ('{"input_ids": [1], "output_tokens": 2}', "missing field 'task_id'"),
     ('{"task_id": "a", "input_ids": [1], "output_tokens": 2}', "'task_id' must be an integer"),
     ('{"task_id": 1, "input_ids": [1]}', "missing field 'output_tokens'"),
@@ -131,12 +229,18 @@ GOOD = '{"task_id": 0, "input_ids": [1, 2], "output_tokens": 2}'
     ('{"task_id": 1, "input_ids": [1, "2"], "output_tokens": 2}', "list of integer token ids"),
     ('{"task_id": 1, "input_ids": [1, 2.0], "output_tokens": 2}', "list of integer token ids"),
     ('{"task_id": 1, "logits": [3, -1], "output_tokens": 2}', "'logits' holds a negative token id"),
+    ('{"task_id": 1, "input_ids": [3, 2147483648], "output_tokens": 2}', "'input_ids' holds a token id above"),
+    ('{"task_id": 1, "input_ids": [3, true], "output_tokens": 2}', "list of integer token ids"),
 ])
-def test_bad_rows_name_file_and_line(tmp_path, bad, message):
+def test_bad_rows_reject_the_config_naming_file_and_line_or_are_skipped(tmp_path, bad, message):
     path = write_lines(tmp_path, GOOD, "", bad, GOOD)
-    with pytest.raises(ValueError, match=message) as err:
-        list(workload(path).generate(SPACE))
-    assert f"{path}:3: " in str(err.value)
+    with pytest.raises(ValidationError, match=re.escape(f"{path}:3: ") + ".*" + message):
+        workload(path)
+    w = workload(path, on_bad_row="skip")
+    assert len(list(w.generate(SPACE))) == 2
+    profile = w.source_profile()
+    assert profile.rows_read == 3 and sum(profile.skipped.values()) == 1 and re.search(message, *profile.skipped)
+    assert profile.skipped_examples[0].startswith(f"{path}:3: ")
 
 
 def test_token_ids_outside_the_engine_vocabulary(tmp_path):
@@ -147,7 +251,7 @@ def test_token_ids_outside_the_engine_vocabulary(tmp_path):
 
 
 def test_unreadable_and_non_utf8_files(tmp_path):
-    with pytest.raises(ValidationError, match="cannot read dataset"):
+    with pytest.raises(ValidationError, match="missing.jsonl does not exist"):
         workload(tmp_path / "missing.jsonl")
     path = tmp_path / "latin1.jsonl"
     latin1 = '{"task_id": 1, "prompt": "caf\xe9", "output_tokens": 1}\n'.encode("latin-1")
@@ -155,7 +259,7 @@ def test_unreadable_and_non_utf8_files(tmp_path):
     with pytest.raises(ValidationError, match=r"latin1.jsonl:2: not UTF-8"):
         workload(path)
     empty = write_lines(tmp_path, "", name="empty.jsonl")
-    with pytest.raises(ValidationError, match="no rows"):
+    with pytest.raises(ValidationError, match="no usable rows"):
         workload(empty)
 
 
@@ -168,10 +272,23 @@ def test_the_experiment_config_accepts_a_trtllm_dataset(tmp_path):
     path = write_lines(tmp_path, GOOD, '{"task_id": 1, "prompt": "hi", "output_tokens": 3}')
     cfg = parse_config(experiment({"kind": "trtllm_dataset", "path": str(path), "warmup_requests": 1}), "x.yaml")
     assert isinstance(cfg.workload, TrtllmDatasetWorkload) and cfg.workload.warmup_requests == 1
-    with pytest.raises(ConfigError, match=r"workload\.trtllm_dataset: .*missing\.jsonl: cannot read dataset"):
+    with pytest.raises(ConfigError, match=r"workload\.trtllm_dataset: path: .*missing\.jsonl does not exist"):
         parse_config(experiment({"kind": "trtllm_dataset", "path": str(tmp_path / "missing.jsonl")}), "x.yaml")
-    with pytest.raises(ConfigError, match=r"workload\.trtllm_dataset\.shuffle: unknown key"):
-        parse_config(experiment({"kind": "trtllm_dataset", "path": str(path), "shuffle": True}), "x.yaml")
+    with pytest.raises(ConfigError, match=r"workload\.trtllm_dataset\.columns: unknown key"):
+        parse_config(experiment({"kind": "trtllm_dataset", "path": str(path), "columns": {}}), "x.yaml")
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_harness_exits_2_on_a_bad_row_before_any_engine_starts(tmp_path, command):
+    path = write_lines(tmp_path, GOOD, '{"task_id": 1, "prompt": "", "output_tokens": 2}')
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**experiment({"kind": "trtllm_dataset", "path": str(path)}),
+                                      "search": {"space": "mock-default", "trials": 2}}))
+    proc = subprocess.run([sys.executable, "-m", "harness", command, str(config)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"workload.trtllm_dataset: {path}:2: 'prompt' is empty" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()   # no trial, no engine
 
 
 def test_a_dataset_run_measures_end_to_end_on_the_mock_engine(tmp_path):

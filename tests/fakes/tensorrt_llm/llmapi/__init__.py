@@ -4,6 +4,7 @@ from tensorrt_llm.llmapi.llm_args import (
                                           CapacitySchedulerPolicy,
                                           ContextChunkingPolicy,
                                           CudaGraphConfig,
+                                          DynamicBatchConfig,
                                           ExtendedRuntimePerfKnobConfig,
                                           KvCacheConfig,
                                           SchedulerConfig,
@@ -15,5 +16,6 @@ from tensorrt_llm.quantization.mode import QuantAlgo
 from tensorrt_llm.sampling_params import SamplingParams
 
 __all__ = ["LLM", "RequestOutput", "CompletionOutput", "RequestError", "SamplingParams", "KvCacheConfig",
-           "CudaGraphConfig", "SchedulerConfig", "CapacitySchedulerPolicy", "ContextChunkingPolicy",
+           "CudaGraphConfig", "DynamicBatchConfig",
+           "SchedulerConfig", "CapacitySchedulerPolicy", "ContextChunkingPolicy",
            "ExtendedRuntimePerfKnobConfig", "QuantConfig", "QuantAlgo", "TorchLlmArgs", "TrtLlmArgs"]

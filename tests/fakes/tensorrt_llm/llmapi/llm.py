@@ -3,6 +3,10 @@
 The "engine" is a step model on the caller's event loop: a request waits for one of
 `max_batch_size` slots, its first token comes one step (`FAKE.step_ms`) after it is scheduled,
 then one token per step, delivered `stream_interval` tokens per response.
+
+Prompt limits as the real ones: PyTorch backend, chunked prefill off: `generate_async` raises when the
+prompt exceeds max_num_tokens (BaseLLM._check_arguments); TensorRT backend: the request fails on its
+stream when the prompt exceeds the runtime's max input length (`_TrtLLM._max_input_len`).
 """
 import asyncio
 import datetime as dt
@@ -84,6 +88,12 @@ class RequestOutput:
             raise
 
     async def _generate(self) -> None:
+        limit = self._llm._max_input_len()
+        if limit is not None and len(self.prompt_token_ids) > limit:  # llmRequest.h validate()
+            self._queue.put_nowait(RequestError(
+                f"Prompt length ({len(self.prompt_token_ids)}) exceeds maximum input length ({limit}). Set log "
+                "level to info and check TRTGptModel logs for how maximum input length is set"))
+            return
         step_s, interval = FAKE.step_ms / 1e3, self._llm._stream_interval
         async with self._llm._slots:
             self._timing.first_scheduled_time = _steady(time.perf_counter_ns())
@@ -154,16 +164,24 @@ class BaseLLM:
         vocab = len(self.tokenizer.tokenizer)
         if not ids or not all(0 <= t < vocab for t in ids):
             raise ValueError(f"prompt token ids must be non-empty and in [0, {vocab})")
-        max_seq_len = self.args.max_seq_len
-        if max_seq_len is not None and len(ids) + params.max_tokens > max_seq_len:
+        max_seq_len = self.args.max_seq_len  # the TensorRT backend checks this only without chunked prefill
+        checks_seq_len = self.backend == "pytorch" or not self.args.enable_chunked_prefill
+        if max_seq_len is not None and checks_seq_len and len(ids) + params.max_tokens > max_seq_len:
             raise ValueError(f"The sum of prompt length ({len(ids)}) and max_tokens ({params.max_tokens}) should "
                              f"not exceed max_seq_len ({max_seq_len})")
+        if self.backend == "pytorch" and not self.args.enable_chunked_prefill and len(ids) > self.args.max_num_tokens:
+            raise ValueError(f"The sum of prompt length ({len(ids)}), query length (0) should not exceed "
+                             f"max_num_tokens ({self.args.max_num_tokens})")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.args.max_batch_size)
         out = RequestOutput(self, list(ids), params, streaming)
         with self._lock:
             self._outputs.append(out)
         return out
+
+    def _max_input_len(self) -> Optional[int]:
+        """The runtime's prompt limit checked on the stream; None: none (the PyTorch backend checks at submission)."""
+        return None
 
     def save(self, engine_dir: str) -> None:
         if self._engine_dir is None:
@@ -211,6 +229,14 @@ class _TrtLLM(BaseLLM):
 
     _args_cls = TrtLlmArgs
     backend = "tensorrt"
+
+    def _max_input_len(self) -> Optional[int]:
+        """cpp/tensorrt_llm/batch_manager/trtGptModel.h: max_seq_len - 1 with chunked context, else (context FMHA and
+        packed input, the default plugins) min(max_seq_len - 1, max_num_tokens); the engine's max_input_len is unused.
+        A max_seq_len of None (the model's own in the real engine) is no limit here."""
+        a = self.args
+        limits = [a.max_seq_len - 1 if a.max_seq_len else None, None if a.enable_chunked_prefill else a.max_num_tokens]
+        return min((x for x in limits if x), default=None)
 
     def _prepare_model(self, path: Path) -> None:
         super()._prepare_model(path)

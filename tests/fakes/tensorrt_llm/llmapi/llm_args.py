@@ -27,10 +27,18 @@ class ContextChunkingPolicy(str, Enum):
     EQUAL_PROGRESS = "EQUAL_PROGRESS"
 
 
+class DynamicBatchConfig(StrictBaseModel):
+    """Every field required, as in the 1.0-era class (later releases give them defaults)."""
+
+    enable_batch_size_tuning: bool
+    enable_max_num_tokens_tuning: bool
+    dynamic_batch_moving_average_window: int
+
+
 class SchedulerConfig(StrictBaseModel):
     capacity_scheduler_policy: CapacitySchedulerPolicy = CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
     context_chunking_policy: Optional[ContextChunkingPolicy] = None
-    dynamic_batch_config: Optional[dict] = None
+    dynamic_batch_config: Optional[DynamicBatchConfig] = None  # "only applies for the TensorRT backend"
 
 
 class KvCacheConfig(StrictBaseModel):
@@ -85,7 +93,7 @@ class ExtendedRuntimePerfKnobConfig(StrictBaseModel):
     multi_block_mode: bool = True
     enable_context_fmha_fp32_acc: bool = False
     cuda_graph_mode: bool = False
-    cuda_graph_cache_size: int = 0
+    cuda_graph_cache_size: int = 0  # the real default: no CUDA graph is kept even with cuda_graph_mode on
 
 
 class BaseLlmArgs(StrictBaseModel):
