@@ -5,10 +5,12 @@
 #   compare  the engine's defaults on the same workload (chat-default.yaml), then overhead.py
 #   overhead overhead.py alone
 #   multi    a study with two trial workers, one GPU each (needs 2 GPUs)
+#   traffic  issue 4's real traffic: prefix caching off/on on RAG-style shared prefixes (rag-prefix.yaml, a
+#            2-point grid), then the Azure code trace replayed 5x faster (code-trace.yaml)
 # Needs the pure-Python wheels the GPU image lacks in .whl/ (benchmarks/gpu/README.md). Work stays in
 # $WORK (default /tmp/gpu-work) between stages; each stage packs its part into $OUT/STAGE.tar.gz.
 set -uo pipefail
-stage=${1:?usage: run.sh tune|compare|overhead|multi}
+stage=${1:?usage: run.sh tune|compare|overhead|multi|traffic}
 out=${OUT:-$PWD/gpu-out}; work=${WORK:-/tmp/gpu-work}; mkdir -p "$out" "$work"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
@@ -42,6 +44,14 @@ case $stage in
       --gpus 0,1 --trials 4 > "$work/multi.log" 2>&1
     echo "tune exit $?"; tail -30 "$work/multi.log"
     parts="multi multi.log"
+    ;;
+  traffic)
+    timeout -s INT "${TUNE_S:-330}" python3 -m harness tune benchmarks/gpu/rag-prefix.yaml --run-dir "$work/rag" \
+      > "$work/rag.log" 2>&1
+    echo "rag exit $?"; tail -12 "$work/rag.log"
+    harness bench benchmarks/gpu/code-trace.yaml --out "$work/code-trace" > "$work/code-trace.log" 2>&1
+    echo "code-trace exit $?"; tail -12 "$work/code-trace.log"
+    parts="rag rag.log code-trace code-trace.log"
     ;;
 esac
 tar -C "$work" -czf "$out/$stage.tar.gz" $parts versions-$stage.txt
