@@ -33,12 +33,15 @@ class StreamEvent:
 
     `server_t_ns` is the server's own send time of the chunk, where a server on this machine reports
     one on the same monotonic clock (the harness mock server does); calibration compares the two.
+    `server_input_tokens` is the prompt's length as the server counted it (OpenAI `usage.prompt_tokens`:
+    with the chat template and special tokens it adds), on an event of a server that reports it.
     """
 
     t_ns: int
     n_tokens: int = 0
     error: str | None = None
     server_t_ns: int | None = None
+    server_input_tokens: int | None = None
 
 
 @dataclass(frozen=True)

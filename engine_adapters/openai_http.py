@@ -5,8 +5,16 @@ Requests. One streaming POST per request, with `max_tokens = max_output_tokens`,
 vLLM and TRT-LLM servers produce exactly that many tokens; OpenAI's own API rejects the field: turn it
 off there), `stream_options: {include_usage, continuous_usage_stats}` (servers ignore options they do
 not know), `extra_body` merged last, and the header `X-Request-Id: <request id>` so that server logs
-can be matched to records. Completions send token-id prompts as the `prompt` list of ints (vLLM and
-TRT-LLM accept it) and text prompts as text; chat sends text, decoding token ids with `tokenizer`.
+can be matched to records. Completions send a prompt the workload gives as text (datasets) as that text,
+for the server to tokenize as it would in production (as `vllm bench serve` does; `transformers serve`
+takes nothing else), and a token-id-only prompt as the `prompt` list of ints (vLLM and TRT-LLM accept it).
+Chat sends text: a token-id prompt becomes text that `tokenizer` encodes to exactly its length
+(workloads.text_prompts: words of the tokenizer's text-safe vocabulary, which is then also the only
+vocabulary random prompts draw from, so that shared token prefixes stay shared text prefixes); without a
+tokenizer a token-id prompt cannot be sent to chat and fails, saying so.
+
+Prompt lengths. The server's `usage.prompt_tokens` (its own count, with the chat template and any special
+tokens it adds) comes back on a last event as `server_input_tokens`, for the runner to record.
 
 Timing. Each SSE event is stamped with time.perf_counter_ns() as soon as the bytes holding its first
 data line are read off the connection, and becomes one StreamEvent(t_ns, n_tokens); the runner spreads
@@ -31,7 +39,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Literal
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Literal, NamedTuple
 
 import aiohttp
 from pydantic import Field
@@ -41,6 +49,7 @@ from engine_adapters.base import Engine, EngineAdapter, EngineConfig, StreamEven
 from engine_adapters.builtin_models import HFTokenizer, require_torch_transformers, resolve_model
 from engine_adapters.mock_server import MOCK_OWNED_BY
 from workloads import RequestSpec, TokenSpace
+from workloads.text_prompts import TextVocabulary, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,8 @@ class OpenAIConfig(EngineConfig):
     endpoint: Literal["completions", "chat"] = "completions"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     tokenizer: str | None = Field(None, description="builtin:NAME or a local HF model directory: counts output "
-                                  "tokens when the server reports no usage; decodes token-id prompts for chat")
+                                  "tokens when the server reports no usage; writes token-id prompts as text of "
+                                  "their exact length for chat")
     ignore_eos: bool = Field(True, description="send ignore_eos, so output length = max_tokens (vLLM, TRT-LLM)")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into every request body, last")
     max_connections: int = Field(0, ge=0, description="client connection pool size (0: unlimited)")
@@ -181,10 +191,18 @@ class _BadEvent(Exception):
     """A streamed event that ends the request: not JSON, or an error object."""
 
 
-def _parse_event(data: bytes) -> tuple[str, int | None, int | None, bool]:
-    """Output text, cumulative `usage.completion_tokens`, the mock server's send time `mock_t_ns` (None
-    when absent) and whether a choice has a `finish_reason`, of one streamed chunk of either endpoint;
-    raise _BadEvent for a malformed event or an error object."""
+class _Chunk(NamedTuple):
+    """What one streamed chunk of either endpoint says; None where it says nothing."""
+
+    text: str
+    completion_tokens: int | None  # cumulative usage.completion_tokens
+    prompt_tokens: int | None      # usage.prompt_tokens
+    server_t_ns: int | None        # the mock server's send time `mock_t_ns`
+    finished: bool                 # a choice has a finish_reason
+
+
+def _parse_event(data: bytes) -> _Chunk:
+    """The `_Chunk` of one streamed event; raise _BadEvent for a malformed event or an error object."""
     try:
         chunk = json.loads(data)
     except ValueError:
@@ -203,10 +221,12 @@ def _parse_event(data: bytes) -> tuple[str, int | None, int | None, bool]:
             delta = choice.get("delta") or {}
             text += (choice.get("text") or "") + (delta.get("content") or "")
             text += delta.get("reasoning") or delta.get("reasoning_content") or ""  # reasoning parsers' output
-        completion_tokens = (chunk.get("usage") or {}).get("completion_tokens")
+        usage = chunk.get("usage") or {}
+        completion_tokens, prompt_tokens = usage.get("completion_tokens"), usage.get("prompt_tokens")
     except (AttributeError, TypeError):  # a field of the wrong type
         raise malformed from None
-    return text, _int_or_none(completion_tokens), _int_or_none(chunk.get("mock_t_ns")), finished
+    return _Chunk(text, _int_or_none(completion_tokens), _int_or_none(prompt_tokens),
+                  _int_or_none(chunk.get("mock_t_ns")), finished)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -299,20 +319,31 @@ class _Unsendable(Exception):
 
 
 class OpenAIEngine(Engine):
-    """A connection pool to one server; `stream` may be called concurrently from the loop that started it."""
+    """A connection pool to one server; `stream` may be called concurrently from the loop that started it.
+
+    `text` (chat with a tokenizer) writes token-id prompts as text and gives the token space."""
 
     def __init__(self, config: OpenAIConfig, session: aiohttp.ClientSession, secret: _Secret,
-                 tokenizer: Any, info: ServerInfo):
+                 tokenizer: Any, info: ServerInfo, text: TextVocabulary | None = None):
         self._config, self._session, self._secret, self._tokenizer = config, session, secret, tokenizer
+        self._text = text
         self._url = _api_root(config.base_url) + ("/chat/completions" if config.endpoint == "chat" else "/completions")
-        self.token_space = (TokenSpace(vocab_size=len(tokenizer), reserved_ids=frozenset(tokenizer.all_special_ids),
-                                       tokenizer=HFTokenizer(tokenizer, config.tokenizer))
-                            if tokenizer is not None else FALLBACK_TOKEN_SPACE)
+        if text is not None:
+            self.token_space = text.token_space()
+        elif tokenizer is not None:
+            self.token_space = TokenSpace(vocab_size=len(tokenizer), reserved_ids=frozenset(tokenizer.all_special_ids),
+                                          tokenizer=HFTokenizer(tokenizer, config.tokenizer))
+        else:
+            self.token_space = FALLBACK_TOKEN_SPACE
         simulated = " (SIMULATED: the harness mock server)" if info.owned_by == MOCK_OWNED_BY else ""
         self._log = [(f"OpenAI-compatible server at {public_url(self._url)}{simulated}: Server header "
                       f"{info.server or 'none'}, model {config.model!r} owned by {info.owned_by or 'unknown'}")]
         if tokenizer is not None:
             self._log.append(f"tokenizer {config.tokenizer}: vocabulary of {len(tokenizer)} tokens")
+        if text is not None:
+            self._log.append(f"chat: token-id prompts are sent as text of exactly their length, written with the "
+                             f"{text.describe()}; random prompts draw only from these, and other ids (a token-id "
+                             "dataset's) are replaced by them")
         self._estimate_noted = False
 
     def log_lines(self) -> list[str]:
@@ -328,15 +359,16 @@ class OpenAIEngine(Engine):
         if cfg.ignore_eos:
             body["ignore_eos"] = True
         if cfg.endpoint == "completions":
-            ids = request.prompt_token_ids
-            body["prompt"] = list(ids) if ids is not None else request.prompt_text
+            text = request.prompt_text
+            body["prompt"] = text if text is not None else list(request.prompt_token_ids)
         elif request.prompt_text is not None:
             body["messages"] = [{"role": "user", "content": request.prompt_text}]
-        elif self._tokenizer is not None:
-            body["messages"] = [{"role": "user", "content": self._tokenizer.decode(list(request.prompt_token_ids))}]
+        elif self._text is not None:
+            body["messages"] = [{"role": "user", "content": self._text.text(request.prompt_token_ids)}]
         else:
             raise _Unsendable(f"request {request.id} has a token-id prompt, which the chat endpoint cannot take: "
-                              "set the engine's tokenizer (to decode it) or use endpoint: completions")
+                              "set the engine's tokenizer (to write it as text of its length) or use endpoint: "
+                              "completions")
         return {**body, **cfg.extra_body}
 
     async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
@@ -346,7 +378,7 @@ class OpenAIEngine(Engine):
             yield StreamEvent(time.perf_counter_ns(), error=str(exc))
             return
         counter = OutputCounter(self._count_tokens if self._tokenizer is not None else None)
-        failure, streaming, finished = None, False, False
+        failure, streaming, finished, prompt_tokens = None, False, False, None
         try:
             async with self._session.post(self._url, json=body, headers={"X-Request-Id": request.id}) as resp:
                 if resp.status != 200:
@@ -356,9 +388,10 @@ class OpenAIEngine(Engine):
                     async for t_ns, data in iter_sse(resp.content.iter_any()):
                         if data == b"[DONE]":
                             break
-                        text, completion_tokens, server_t_ns, finish = _parse_event(data)
-                        finished = finished or finish
-                        for event in counter.add(t_ns, text, completion_tokens, server_t_ns):
+                        chunk = _parse_event(data)
+                        finished = finished or chunk.finished
+                        prompt_tokens = chunk.prompt_tokens if chunk.prompt_tokens is not None else prompt_tokens
+                        for event in counter.add(t_ns, chunk.text, chunk.completion_tokens, chunk.server_t_ns):
                             yield event
                     else:  # transformers serve never sends [DONE]: a clean end after a finish_reason is a success
                         if not finished:
@@ -370,6 +403,8 @@ class OpenAIEngine(Engine):
             failure = where + _describe(exc)
         for event in counter.finish():
             yield event
+        if prompt_tokens is not None:
+            yield StreamEvent(time.perf_counter_ns(), server_input_tokens=prompt_tokens)
         if counter.estimated and not self._estimate_noted:
             self._note_estimate()
         if failure is not None:
@@ -404,7 +439,12 @@ class OpenAIAdapter(EngineAdapter):
             info = await _probe(session, config, secret)
             self._servers[config.base_url] = info
             tokenizer = await asyncio.to_thread(_load_tokenizer, config.tokenizer) if config.tokenizer else None
-            yield OpenAIEngine(config, session, secret, tokenizer, info)
+            text = None
+            if tokenizer is not None and config.endpoint == "chat":
+                specials = {*tokenizer.all_special_ids, *tokenizer.added_tokens_decoder}
+                text = await asyncio.to_thread(text_vocabulary, HFTokenizer(tokenizer, config.tokenizer),
+                                               len(tokenizer), specials)
+            yield OpenAIEngine(config, session, secret, tokenizer, info, text)
 
     def fingerprint(self, config: OpenAIConfig) -> dict:
         """Server header and model owner from the last start, or probed now (blocking, connect timeout)."""

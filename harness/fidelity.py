@@ -1,6 +1,6 @@
 """Workload fidelity: how closely the traffic as replayed matches its source.
 
-Three comparisons, each a plain number a reader can check:
+Four comparisons, each a plain number a reader can check:
 
 - lengths, source -> generated: the source's prompt and output lengths as recorded (before any
   clipping, filtering or sampling: see workloads.profile) against the requests generated from it, as
@@ -8,6 +8,10 @@ Three comparisons, each a plain number a reader can check:
   filtering show up as a KS above 0;
 - lengths, requested -> received: each request's output length as asked against what the engine
   streamed back (EOS, errors and truncation show up here), as KS plus a count of mismatched requests;
+- prompt lengths, sent -> counted by the server (where it reports `usage.prompt_tokens`): KS against the
+  generated lengths and, per request, the difference server count - length sent. Its median is the typical
+  overhead (the chat template and special tokens the server adds; 0 for token ids sent to completions);
+  requests off that typical difference did not reach the server at the length their record gives;
 - arrivals: mean rate and coefficient of variation (CV) of the gaps between consecutive requests, for
   the source as recorded (before speedup / rate; `time_scale` is the divisor), the schedule (what the
   generator intended) and the dispatches (what the client achieved), plus the schedule lag (dispatch -
@@ -17,6 +21,7 @@ Rows the source reader skipped are counted by reason, with the first few locatio
 """
 from __future__ import annotations
 
+import statistics
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +45,19 @@ def _ks(a: Sequence[float] | None, b: Sequence[float] | None) -> float | None:
     if a is None or b is None or len(a) == 0 or len(b) == 0:
         return None
     return float(stats.ks_2samp(a, b, method="asymp").statistic)  # the statistic only: no exact p-value
+
+
+def _counted_by_server(generated: Sequence[int], ok: Sequence[RequestRecord]) -> dict | None:
+    """Prompt lengths the server reported for successful requests, against those sent (module docstring)."""
+    server = [r.server_input_tokens for r in ok if r.server_input_tokens is not None]
+    if not server:
+        return None
+    diffs = [r.server_input_tokens - r.input_tokens for r in ok
+             if r.server_input_tokens is not None and r.input_tokens is not None]
+    typical = statistics.median_low(diffs) if diffs else None
+    return {"lengths": _lengths(server), "ks_generated_vs_server": _ks(generated, server),
+            "difference": {"p50": typical, "min": min(diffs), "max": max(diffs)} if diffs else None,
+            "off_typical_requests": sum(d != typical for d in diffs), "compared_requests": len(diffs)}
 
 
 def _gaps_stats(gaps: Sequence[float] | np.ndarray | None) -> dict | None:
@@ -69,7 +87,8 @@ def workload_fidelity(profile: SourceProfile, specs: Sequence[RequestSpec], reco
                    "skipped_total": sum(profile.skipped.values()), "skipped_examples": list(profile.skipped_examples),
                    "notes": list(profile.notes)},
         "input_tokens": {"source": _lengths(profile.input_tokens), "generated": _lengths(gen_in),
-                         "ks_source_vs_generated": _ks(profile.input_tokens, gen_in)},
+                         "ks_source_vs_generated": _ks(profile.input_tokens, gen_in),
+                         "counted_by_server": _counted_by_server(gen_in, ok)},
         "output_tokens": {"source": _lengths(profile.output_tokens), "requested": _lengths(requested),
                           "received": _lengths(received),
                           "ks_source_vs_requested": _ks(profile.output_tokens, requested),

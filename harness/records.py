@@ -19,6 +19,9 @@ class RequestRecord:
     `token_ns` holds one entry per output token; a chunk of k tokens arriving at once is spread
     evenly over the gap since the previous chunk (the first chunk's tokens all take its arrival time).
     `error` is set when the request failed; partial output stays recorded.
+    `input_tokens` is the prompt's length as sent, in the engine tokenizer's tokens (None when the client
+    cannot know it: a text prompt and no tokenizer); `server_input_tokens` is the length the server reported
+    (OpenAI `usage.prompt_tokens`: with the chat template and special tokens it adds), None where it reports none.
     """
 
     id: str
@@ -31,6 +34,7 @@ class RequestRecord:
     token_ns: list[int] = field(default_factory=list)
     end_ns: int | None = None
     error: str | None = None
+    server_input_tokens: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -71,6 +71,8 @@ async def _send(engine: Engine, spec: RequestSpec, record: RequestRecord, t0_ns:
             async for event in engine.stream(spec):
                 if event.n_tokens:
                     record.add_chunk(event.t_ns - t0_ns, event.n_tokens)
+                if event.server_input_tokens is not None:
+                    record.server_input_tokens = event.server_input_tokens
                 if event.error is not None:
                     record.error = event.error
                     break

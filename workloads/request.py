@@ -51,6 +51,9 @@ class Tokenizer(Protocol):
 class TokenSpace:
     """What a workload needs to know about the engine's vocabulary to make prompts.
 
+    `reserved_ids` are ids random prompts must not use: the special tokens and, for an engine that sends
+    prompts as text (an OpenAI chat endpoint), every id outside the tokenizer's text-safe set, so that each
+    random prompt's text encodes to exactly its length (workloads.text_prompts).
     `tokenizer` is None when the engine has none to offer (the simulated mock engine; an OpenAI server
     without a configured tokenizer): text prompts are then sent as text and their lengths are unknown.
     """

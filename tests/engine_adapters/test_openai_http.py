@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -17,8 +18,12 @@ from engine_adapters.base import Engine, StreamEvent
 from engine_adapters.mock_server import MockServerConfig, _parse_args, cli_args, planned_fault, run_mock_server
 from engine_adapters.openai_http import (OpenAIAdapter, OpenAIConfig, OutputCounter, ServerUnavailable, iter_sse,
                                          public_url)
-from harness.records import RequestRecord
-from harness.runner import run
+from harness.config import parse_config
+from harness.records import RequestRecord, read_records
+from harness.runner import run, run_event_loop
+from harness.store import TrialFiles
+from harness.trial import measure
+from reports import render_run_report
 from workloads import RequestSpec
 
 MS = 1_000_000
@@ -120,10 +125,13 @@ def test_k_token_chunks_deliver_exactly_max_tokens_and_the_runner_spreads_them()
 def test_usage_counts_and_prompt_forms(timed_server):
     ids = RequestSpec(id="ids", max_output_tokens=5, prompt_token_ids=(7, 8, 9))
     text = RequestSpec(id="text", max_output_tokens=3, prompt_text="héllo")
-    records, _, lines = bench(OpenAIConfig(model="mock", base_url=timed_server), [ids, text], concurrency=2)
+    both = RequestSpec(id="both", max_output_tokens=1, prompt_token_ids=(7, 8), prompt_text="dataset text")
+    records, _, lines = bench(OpenAIConfig(model="mock", base_url=timed_server), [ids, text, both], concurrency=3)
     log = server_log(timed_server)
-    assert [(r.ok, r.output_tokens) for r in records] == [(True, 5), (True, 3)]
-    assert log["ids"]["prompt_tokens"] == 3 and log["text"]["prompt_tokens"] == len("héllo".encode())
+    assert [(r.ok, r.output_tokens) for r in records] == [(True, 5), (True, 3), (True, 1)]
+    # a workload's text is sent as written, for the server to tokenize; the server's count is recorded
+    assert [log[r.id]["prompt_tokens"] for r in records] == [3, len("héllo".encode()), len("dataset text")]
+    assert [r.server_input_tokens for r in records] == [3, len("héllo".encode()), len("dataset text")]
     assert not any("no usage" in line for line in lines)
     chat_ids, _, _ = bench(OpenAIConfig(model="mock", base_url=timed_server, endpoint="chat"), [ids], concurrency=1)
     assert "token-id prompt" in chat_ids[0].error and "tokenizer" in chat_ids[0].error
@@ -144,6 +152,49 @@ def test_without_server_usage_counts_come_from_the_tokenizer_or_from_events(tmp_
     assert chat_ids[0].ok and chat_ids[0].output_tokens == 4 and log["ids"]["prompt_tokens"] == 2
     assert [r.output_tokens for r in by_event] == [4, 4]  # events of 3+3+3+1 tokens, one counted per event
     assert any("no usage" in line and "one token per streamed event" in line for line in lines)
+
+
+def _mooncake_trace(path, rows: int = 24, block: int = 32) -> list[int]:
+    """A Mooncake trace whose requests share leading hash blocks (4 groups); returns the input lengths."""
+    lengths = []
+    with path.open("w") as f:
+        for i in range(rows):
+            hashes = [i % 4, 100 + i % 4][:1 + i % 2] + [1000 + i]
+            lengths.append((len(hashes) - 1) * block + 1 + (7 * i) % block)
+            f.write(json.dumps({"timestamp": 5 * i, "input_length": lengths[-1], "output_length": 3,
+                                "hash_ids": hashes}) + "\n")
+    return lengths
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_trace_prompts_reach_the_server_at_their_recorded_length_and_the_fidelity_summary_says_so(tmp_path,
+                                                                                                  endpoint):
+    """The audited case: a token-id trace sent to chat decoded its random byte ids to text of +24 to +6069 tokens,
+    while records claimed the trace's lengths. Now chat gets text of exactly the recorded length (the mock server
+    counts UTF-8 bytes: the builtin byte-level tokenizer's count of ASCII text), completions the ids; the server's
+    count is recorded per request and compared in result.json and the report."""
+    pytest.importorskip("transformers")
+    lengths = _mooncake_trace(tmp_path / "trace.jsonl")
+    with run_mock_server(MockServerConfig(ttft_ms=1, itl_ms=1)) as url:
+        cfg = parse_config({"name": "prompt-lengths", "engine": {"kind": "openai", "model": "mock", "params": {
+            "base_url": url, "endpoint": endpoint, "tokenizer": "builtin:tiny-llama", "api_key_env": None}},
+            "workload": {"kind": "trace", "path": str(tmp_path / "trace.jsonl"), "block_size": 32, "speedup": 10}},
+            "test")
+        result = run_event_loop(measure(cfg, tmp_path))
+        log = server_log(url)
+    records = read_records(tmp_path / TrialFiles.RECORDS)
+    assert all(r.ok for r in records)
+    assert ([r.input_tokens for r in records] == [r.server_input_tokens for r in records]
+            == [log[r.id]["prompt_tokens"] for r in records] == lengths)
+    server = result["fidelity"]["input_tokens"]["counted_by_server"]
+    assert server["difference"] == {"p50": 0, "min": 0, "max": 0} and server["ks_generated_vs_server"] == 0
+    assert (server["off_typical_requests"], server["compared_requests"]) == (0, len(lengths))
+    section = render_run_report(result, records, "bench").split("<h3>Workload fidelity</h3>", 1)[1]
+    assert re.search(r"<th>input: counted by the server \(successful requests\)</th>"
+                     rf'<td class="num">{len(lengths)}</td>(<td class="num">[^<]*</td>){{4}}\s*<td class="num">0</td>',
+                     section)
+    assert "p50 0 tokens (min 0, max\n0)" in section
+    assert f'<span class="">0</span>\nof {len(lengths)} requests differ from it' in section
 
 
 def _events(events: list[StreamEvent]) -> list[tuple[int, int]]:

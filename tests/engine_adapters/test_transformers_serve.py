@@ -268,10 +268,13 @@ def test_bench_completes_against_transformers_serve(bench_run):
     assert d["tpot_ms"]["count"] == REQUESTS and 0 < d["tpot_ms"]["p50"] < 1_000
     assert d["itl_ms"]["count"] == REQUESTS * (OUTPUT_TOKENS - 1)
     assert s["output_throughput_tok_s"] > 0 and s["error_rate"] == 0
+    server = run.result["fidelity"]["input_tokens"]["counted_by_server"]  # usage.prompt_tokens (no BOS here)
+    assert server["difference"] == {"p50": 0, "min": 0, "max": 0} and server["off_typical_requests"] == 0
     assert len(run.records) == REQUESTS
     for rid, r in run.records.items():
         assert r.ok and r.output_tokens == OUTPUT_TOKENS, r
         assert r.token_ns == sorted(r.token_ns) and r.sent_ns < r.token_ns[0] <= r.end_ns
+        assert r.server_input_tokens == r.input_tokens  # the server counted the prompt as harness measured it
         # the engine generated exactly what harness counted, and stamped each token
         e = run.engine[rid]
         assert e["error"] is None and e["tokens"] == len(e["timestamps"]) == OUTPUT_TOKENS, e
