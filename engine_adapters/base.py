@@ -35,6 +35,8 @@ class StreamEvent:
     one on the same monotonic clock (the harness mock server does); calibration compares the two.
     `server_input_tokens` is the prompt's length as the server counted it (OpenAI `usage.prompt_tokens`:
     with the chat template and special tokens it adds), on an event of a server that reports it.
+    `cached_prompt_tokens` is how many prompt tokens the engine says it took from its prefix cache instead of
+    prefilling them, on an event of an engine that reports it (usually the last).
     """
 
     t_ns: int
@@ -42,6 +44,7 @@ class StreamEvent:
     error: str | None = None
     server_t_ns: int | None = None
     server_input_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)

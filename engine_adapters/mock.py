@@ -14,7 +14,8 @@ for reuse. A later request whose prompt (as token ids) starts with cached blocks
 are not reserved again at admission) and prefills only the rest (at least one token: the one that yields the first output token), so its
 prefill is `prefill_ms_per_token` x the cached tokens shorter. Blocks in use by a running request are
 pinned; the others are evicted least recently used first when an admission needs room. Prompts given
-as text (no token ids) never hit.
+as text (no token ids) never hit. The engine reports each request's cached prompt tokens (0 without a hit, or with
+prefix caching off) on an event just before the end of its stream, as real engines report theirs: SIMULATED hits.
 
 `ServiceModel` holds the pure scheduling logic; `MockEngine` runs it in real time on the event
 loop, and `simulate` runs it in virtual time so tests can compute the true answer.
@@ -27,7 +28,7 @@ import numbers
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Sequence
+from typing import AsyncIterator, Literal, NamedTuple, Sequence
 
 from pydantic import Field
 
@@ -156,6 +157,8 @@ class ServiceModel:
     kv_used: int = 0  # KV tokens held by running sequences outside the prefix cache
     cache: PrefixCache | None = None
     reused_tokens: int = 0  # prompt tokens not prefilled because their blocks were cached
+    # per admitted request id: its prompt tokens found cached; whoever runs the model pops it when the request ends
+    cached_prompt_tokens: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.config.prefix_caching:
@@ -191,6 +194,7 @@ class ServiceModel:
         seq.blocks, seq.prefilled, seq.reserved = hits, cached, need
         self.kv_used += need
         self.reused_tokens += cached
+        self.cached_prompt_tokens[seq.request_id] = cached
         return True
 
     def _cache_prompt(self, seq: _Seq) -> None:
@@ -237,12 +241,18 @@ class ServiceModel:
         return duration_ms / 1000.0, emitted, finished
 
 
-def simulate(config: MockConfig, requests: list[tuple[float, int | Sequence[int], int]]) -> list[tuple[float, float]]:
+class SimulatedRequest(NamedTuple):
+    first_token_s: float
+    end_s: float
+    cached_prompt_tokens: int | None  # prompt tokens found in the prefix cache, as the engine reports; None: rejected
+
+
+def simulate_run(config: MockConfig, requests: list[tuple[float, int | Sequence[int], int]]) -> list[SimulatedRequest]:
     """Virtual-time run of `(arrival_s, prompt, output_tokens)` requests, the prompt given by its length or its
     token ids (as the engine gets them from a RequestSpec; only token ids can hit the prefix cache).
 
-    Returns `(first_token_s, end_s)` per request, in input order: the exact answer the real-time
-    engine approximates when the client sends at the arrival times.
+    Returns each request's outcome, in input order: the exact answer the real-time engine approximates when the
+    client sends at the arrival times.
     """
     model = ServiceModel(config)
     order = sorted(range(len(requests)), key=lambda i: requests[i][0])
@@ -262,7 +272,13 @@ def simulate(config: MockConfig, requests: list[tuple[float, int | Sequence[int]
                 first[int(rid)] = now
         for rid in finished:
             end[int(rid)] = now
-    return list(zip(first, end))
+    return [SimulatedRequest(f, e, model.cached_prompt_tokens.pop(str(i), None))
+            for i, (f, e) in enumerate(zip(first, end))]
+
+
+def simulate(config: MockConfig, requests: list[tuple[float, int | Sequence[int], int]]) -> list[tuple[float, float]]:
+    """`(first_token_s, end_s)` per request of `simulate_run`."""
+    return [(r.first_token_s, r.end_s) for r in simulate_run(config, requests)]
 
 
 class MockEngine(Engine):
@@ -294,7 +310,9 @@ class MockEngine(Engine):
                 if rid in self._queues:  # a client that gave up has no queue left
                     self._queues[rid].put_nowait(StreamEvent(t_ns, n))
             for rid in finished:
+                cached = self._model.cached_prompt_tokens.pop(rid)
                 if rid in self._queues:
+                    self._queues[rid].put_nowait(StreamEvent(t_ns, cached_prompt_tokens=cached))
                     self._queues[rid].put_nowait(None)
 
     async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:

@@ -14,7 +14,9 @@ vocabulary random prompts draw from, so that shared token prefixes stay shared t
 tokenizer a token-id prompt cannot be sent to chat and fails, saying so.
 
 Prompt lengths. The server's `usage.prompt_tokens` (its own count, with the chat template and any special
-tokens it adds) comes back on a last event as `server_input_tokens`, for the runner to record.
+tokens it adds) comes back on a last event as `server_input_tokens`, for the runner to record, and with it
+`usage.prompt_tokens_details.cached_tokens` (prompt tokens the server took from its prefix cache; vLLM sends it
+with --enable-prompt-tokens-details) as `cached_prompt_tokens`, where the server sends it.
 
 Timing. Each SSE event is stamped with time.perf_counter_ns() as soon as the bytes holding its first
 data line are read off the connection, and becomes one StreamEvent(t_ns, n_tokens); the runner spreads
@@ -197,6 +199,7 @@ class _Chunk(NamedTuple):
     text: str
     completion_tokens: int | None  # cumulative usage.completion_tokens
     prompt_tokens: int | None      # usage.prompt_tokens
+    cached_tokens: int | None      # usage.prompt_tokens_details.cached_tokens: prompt tokens from the prefix cache
     server_t_ns: int | None        # the mock server's send time `mock_t_ns`
     finished: bool                 # a choice has a finish_reason
 
@@ -223,9 +226,10 @@ def _parse_event(data: bytes) -> _Chunk:
             text += delta.get("reasoning") or delta.get("reasoning_content") or ""  # reasoning parsers' output
         usage = chunk.get("usage") or {}
         completion_tokens, prompt_tokens = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     except (AttributeError, TypeError):  # a field of the wrong type
         raise malformed from None
-    return _Chunk(text, _int_or_none(completion_tokens), _int_or_none(prompt_tokens),
+    return _Chunk(text, _int_or_none(completion_tokens), _int_or_none(prompt_tokens), _int_or_none(cached_tokens),
                   _int_or_none(chunk.get("mock_t_ns")), finished)
 
 
@@ -378,7 +382,7 @@ class OpenAIEngine(Engine):
             yield StreamEvent(time.perf_counter_ns(), error=str(exc))
             return
         counter = OutputCounter(self._count_tokens if self._tokenizer is not None else None)
-        failure, streaming, finished, prompt_tokens = None, False, False, None
+        failure, streaming, finished, prompt_tokens, cached_tokens = None, False, False, None, None
         try:
             async with self._session.post(self._url, json=body, headers={"X-Request-Id": request.id}) as resp:
                 if resp.status != 200:
@@ -391,6 +395,7 @@ class OpenAIEngine(Engine):
                         chunk = _parse_event(data)
                         finished = finished or chunk.finished
                         prompt_tokens = chunk.prompt_tokens if chunk.prompt_tokens is not None else prompt_tokens
+                        cached_tokens = chunk.cached_tokens if chunk.cached_tokens is not None else cached_tokens
                         for event in counter.add(t_ns, chunk.text, chunk.completion_tokens, chunk.server_t_ns):
                             yield event
                     else:  # transformers serve never sends [DONE]: a clean end after a finish_reason is a success
@@ -403,8 +408,9 @@ class OpenAIEngine(Engine):
             failure = where + _describe(exc)
         for event in counter.finish():
             yield event
-        if prompt_tokens is not None:
-            yield StreamEvent(time.perf_counter_ns(), server_input_tokens=prompt_tokens)
+        if prompt_tokens is not None or cached_tokens is not None:
+            yield StreamEvent(time.perf_counter_ns(), server_input_tokens=prompt_tokens,
+                              cached_prompt_tokens=cached_tokens)
         if counter.estimated and not self._estimate_noted:
             self._note_estimate()
         if failure is not None:

@@ -26,6 +26,11 @@ event timed at its receipt. The engine's own times (request_perf_metrics.timing_
 first_token_time, last_token_time, timedeltas on C++ steady_clock, which on Linux is
 CLOCK_MONOTONIC like time.perf_counter_ns) become `server_t_ns` where they are the time of that
 event's chunk: the first chunk when it holds one token, the final chunk always.
+
+Prefix reuse as the engine reports it: request_perf_metrics.kv_cache_metrics.num_reused_blocks (blocks of the
+prompt found in the block-reuse cache) x kv_cache_config.tokens_per_block, at most the prompt's length, becomes the
+final event's `cached_prompt_tokens`. PyTorch backend only: a TensorRT engine's block size is fixed at its build
+(plugin_config.tokens_per_block), which the LLM's args need not show, so there none is reported.
 """
 from __future__ import annotations
 
@@ -119,12 +124,14 @@ def _llm_class(tllm: ModuleType, backend: str) -> type:
 class TensorRTLLMEngine(Engine):
     """A started `LLM`; `stream` may be called concurrently from the event loop it was started on."""
 
-    def __init__(self, llm: Any, sampling_params: type, tokenizer_model: str, log_lines: list[str]):
+    def __init__(self, llm: Any, sampling_params: type, tokenizer_model: str, log_lines: list[str],
+                 tokens_per_block: int | None = None):
         hf = getattr(llm.tokenizer, "tokenizer", llm.tokenizer)  # TRT-LLM wraps the HF tokenizer
         self.token_space = TokenSpace(vocab_size=len(hf), reserved_ids=frozenset(hf.all_special_ids),
                                       tokenizer=HFTokenizer(hf, tokenizer_model))
         self._llm = llm
         self._log_lines = log_lines
+        self._tokens_per_block = tokens_per_block  # None: cached prompt tokens are not reported
         accepted = inspect.signature(sampling_params).parameters
         optional = {"return_perf_metrics": True,  # engine-side token times, where the version has them
                     "detokenize": False}  # only token counts are needed: spare the client process the work
@@ -146,9 +153,11 @@ class TensorRTLLMEngine(Engine):
                 completion = output.outputs[0]
                 n = len(completion.token_ids_diff)
                 done = output.finished
-                if n:
-                    yield StreamEvent(t_ns, n, server_t_ns=_engine_time(completion, first and n == 1, done))
-                    first = False
+                cached = _cached_prompt_tokens(output, self._tokens_per_block) if done else None
+                if n or cached is not None:
+                    server_t_ns = _engine_time(completion, first and n == 1, done) if n else None
+                    yield StreamEvent(t_ns, n, server_t_ns=server_t_ns, cached_prompt_tokens=cached)
+                    first = first and not n
                 if done and completion.finish_reason in ("cancelled", "timeout"):
                     yield StreamEvent(time.perf_counter_ns(), error=f"tensorrt_llm: request {completion.finish_reason}")
         except Exception as e:  # RequestError and friends: the request failed inside the engine
@@ -164,6 +173,14 @@ class TensorRTLLMEngine(Engine):
     def close(self) -> None:
         """Blocking: shut the LLM down (its executor, workers and GPU memory)."""
         self._llm.shutdown()
+
+
+def _cached_prompt_tokens(output: Any, tokens_per_block: int | None) -> int | None:
+    """Prompt tokens the engine took from its block-reuse cache (see module docstring), or None where not known."""
+    kv = getattr(getattr(output.outputs[0], "request_perf_metrics", None), "kv_cache_metrics", None)
+    if kv is None or tokens_per_block is None:
+        return None
+    return min(kv.num_reused_blocks * tokens_per_block, len(output.prompt_token_ids))
 
 
 def _engine_time(completion: Any, first_token: bool, final: bool) -> int | None:
@@ -227,7 +244,12 @@ def _launch(config: TensorRTLLMConfig, tllm: ModuleType) -> TensorRTLLMEngine:
         log.append(f"LLM ready in {time.perf_counter() - t0:.1f} s")
         if save:  # the key again: a hub model's snapshot commit is known once the build downloaded it
             log.append(_save_engine(llm, _engine_dir(config, tllm.__version__)))
-        return TensorRTLLMEngine(llm, tllm.SamplingParams, model, log)
+        tokens_per_block = (getattr(llm.args.kv_cache_config, "tokens_per_block", None)  # where the version has it
+                            if config.backend == "pytorch" else None)
+        log.append(f"engine-reported prefix reuse: reused KV blocks x {tokens_per_block} tokens per block"
+                   if tokens_per_block else "engine-reported prefix reuse: not reported (TensorRT engine, or no "
+                   "kv_cache_config.tokens_per_block in this version: the KV block size is not known here)")
+        return TensorRTLLMEngine(llm, tllm.SamplingParams, model, log, tokens_per_block)
     except BaseException:
         llm.shutdown()
         raise

@@ -16,6 +16,11 @@ group had its first token could not find its prefix computed yet; those are coun
 The ideal reuse is the share of prompt tokens (token-id prompts only) that repeat a prefix of an
 earlier prompt: what a cache that never evicted, at token granularity, would skip. Engines reuse whole
 KV blocks only, and evict, so their savings are lower.
+
+What the engine itself says it reused, where it says so (`RequestRecord.cached_prompt_tokens`: TensorRT-LLM's
+reused KV blocks, an OpenAI server's `usage.prompt_tokens_details.cached_tokens`, the mock's SIMULATED hits), is
+the `engine_reported` part: the share of prompt tokens (as the server counted them where it did) the engine took
+from its cache, over every request of the run with a report and over the cold and warm ones.
 """
 from __future__ import annotations
 
@@ -63,6 +68,17 @@ def _ratio(warm: dict, cold: dict) -> float | None:
     return warm["p50"] / cold["p50"] if warm["p50"] is not None and cold["p50"] else None
 
 
+def _cached_share(records: list[RequestRecord]) -> dict:
+    """{requests, cached_prompt_tokens, prompt_tokens, share} over the records with an engine report and a known
+    prompt length."""
+    reported = [r for r in records if r.cached_prompt_tokens is not None
+                and (r.server_input_tokens or r.input_tokens) is not None]
+    cached = sum(r.cached_prompt_tokens for r in reported)
+    total = sum(r.server_input_tokens or r.input_tokens for r in reported)
+    return {"requests": len(reported), "cached_prompt_tokens": cached, "prompt_tokens": total,
+            "share": cached / total if total else None}
+
+
 def prefix_reuse(specs: Sequence[RequestSpec], records: Sequence[RequestRecord],
                  sent_before: Sequence[RequestSpec] = ()) -> dict | None:
     """The `prefix_reuse` block of a run result (see the module docstring); None when no request carries a
@@ -96,7 +112,7 @@ def prefix_reuse(specs: Sequence[RequestSpec], records: Sequence[RequestRecord],
                                               record.first_token_ns)
     cold_side, warm_side = _side(cold), _side(warm)
     prompts = [s.prompt_token_ids for s in [*sent_before, *specs]]
-    return {
+    block = {
         "groups": len({s.shared_prefix_id for s in specs if s.shared_prefix_id is not None}),
         "requests": sum(s.shared_prefix_id is not None for s in specs),
         "cold": cold_side,
@@ -105,3 +121,7 @@ def prefix_reuse(specs: Sequence[RequestSpec], records: Sequence[RequestRecord],
         "warm_sent_before_prefix_computed": warm_early,
         "ideal_reuse": None if any(p is None for p in prompts) else ideal_reuse(prompts),
     }
+    if any(r.cached_prompt_tokens is not None for r in records):  # an engine that reports its cache hits
+        block["engine_reported"] = {"all": _cached_share(list(records)), "cold": _cached_share(cold),
+                                    "warm": _cached_share(warm)}
+    return block

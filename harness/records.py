@@ -22,6 +22,8 @@ class RequestRecord:
     `input_tokens` is the prompt's length as sent, in the engine tokenizer's tokens (None when the client
     cannot know it: a text prompt and no tokenizer); `server_input_tokens` is the length the server reported
     (OpenAI `usage.prompt_tokens`: with the chat template and special tokens it adds), None where it reports none.
+    `cached_prompt_tokens` is how many prompt tokens the engine reported taking from its prefix cache (None: no
+    report); records written before it existed read as None.
     """
 
     id: str
@@ -35,6 +37,7 @@ class RequestRecord:
     end_ns: int | None = None
     error: str | None = None
     server_input_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -73,6 +73,8 @@ async def _send(engine: Engine, spec: RequestSpec, record: RequestRecord, t0_ns:
                     record.add_chunk(event.t_ns - t0_ns, event.n_tokens)
                 if event.server_input_tokens is not None:
                     record.server_input_tokens = event.server_input_tokens
+                if event.cached_prompt_tokens is not None:
+                    record.cached_prompt_tokens = event.cached_prompt_tokens
                 if event.error is not None:
                     record.error = event.error
                     break

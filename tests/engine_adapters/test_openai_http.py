@@ -16,8 +16,8 @@ import pytest
 
 from engine_adapters.base import Engine, StreamEvent
 from engine_adapters.mock_server import MockServerConfig, _parse_args, cli_args, planned_fault, run_mock_server
-from engine_adapters.openai_http import (OpenAIAdapter, OpenAIConfig, OutputCounter, ServerUnavailable, iter_sse,
-                                         public_url)
+from engine_adapters.openai_http import (OpenAIAdapter, OpenAIConfig, OutputCounter, ServerUnavailable, _parse_event,
+                                         iter_sse, public_url)
 from harness.config import parse_config
 from harness.records import RequestRecord, read_records
 from harness.runner import run, run_event_loop
@@ -220,6 +220,17 @@ def test_output_counter_prefers_usage_and_rescales_estimates_to_the_final_report
     no_usage = OutputCounter(None)
     no_usage.add(1, "abc", None), no_usage.add(2, "", None), no_usage.add(3, "d", None)
     assert _events(no_usage.finish()) == [(1, 1), (3, 1)] and no_usage.estimated
+
+
+def test_usage_prompt_tokens_details_cached_tokens_is_read_where_the_server_sends_it():
+    """vLLM with --enable-prompt-tokens-details sends usage.prompt_tokens_details.cached_tokens; servers without it
+    send no details, or details without the count (None, as from the mock server)."""
+    usage = {"prompt_tokens": 120, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 96}}
+    chunk = _parse_event(json.dumps({"choices": [], "usage": usage}).encode())
+    assert (chunk.prompt_tokens, chunk.cached_tokens) == (120, 96)
+    for details in ({}, {"prompt_tokens_details": None}, {"prompt_tokens_details": {"audio_tokens": 0}}):
+        chunk = _parse_event(json.dumps({"choices": [], "usage": {"prompt_tokens": 120, **details}}).encode())
+        assert (chunk.prompt_tokens, chunk.cached_tokens) == (120, None)
 
 
 @pytest.mark.parametrize("split", [1, 7, 1000])

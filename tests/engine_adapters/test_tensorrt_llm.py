@@ -564,3 +564,23 @@ def test_trial_runs_on_the_fake_and_records_an_init_failure(fake_trtllm, tmp_pat
     assert trial.main(str(failed)) != 0
     failure = json.loads((failed / TrialFiles.FAILURE).read_text())
     assert failure["kind"] == "error" and "out of memory" in failure["reason"]
+
+
+def test_reused_kv_blocks_become_cached_prompt_tokens(fake_trtllm):
+    """kv_cache_metrics.num_reused_blocks x kv_cache_config.tokens_per_block (8 here), on the final event only; a
+    prompt sharing 2 whole blocks with an earlier one reports 16; block reuse off, 0; TensorRT backend: no report."""
+    first, shares_two_blocks = spec(0, 3, range(10, 30)), spec(1, 3, [*range(10, 26), 99, 98, 97])
+    config = ADAPTER.Config(model="org/m", extra_llm_api_options={"kv_cache_config": {"tokens_per_block": 8}})
+
+    async def in_turn(config):
+        async with ADAPTER.start(config) as engine:
+            return [await collect(engine, s) for s in (first, shares_two_blocks, first)]
+
+    runs = asyncio.run(in_turn(config))
+    assert [[e.cached_prompt_tokens for e in events] for events in runs] == [[None, None, 0], [None, None, 16],
+                                                                            [None, None, 16]]
+    assert fake_trtllm.llms[-1].kwargs["kv_cache_config"].tokens_per_block == 8
+    off = config.model_copy(update={"enable_block_reuse": False})
+    assert [events[-1].cached_prompt_tokens for events in asyncio.run(in_turn(off))] == [0, 0, 0]
+    trt = config.model_copy(update={"backend": "tensorrt", "engine_cache": False})
+    assert {e.cached_prompt_tokens for events in asyncio.run(in_turn(trt)) for e in events} == {None}

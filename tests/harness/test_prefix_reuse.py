@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from engine_adapters.mock import MockConfig, simulate
+from engine_adapters.mock import MockConfig, simulate, simulate_run
 from harness.config import parse_config
 from harness.prefix_reuse import ideal_reuse, prefix_reuse
-from harness.records import RequestRecord
+from harness.records import RequestRecord, read_records
 from harness.runner import run_event_loop
 from harness.store import RunDir, TrialFiles, read_json
 from harness.trial import measure
@@ -111,13 +111,18 @@ def shared_prefix_run(tmp_path, caching: bool):
     return cfg, run_event_loop(measure(cfg, tmp_path))
 
 
-def simulated_p50s(cfg) -> tuple[float, float]:
-    """Cold and warm TTFT p50 (ms) as `simulate` computes them exactly: the preflight (a 4-token copy of the first
-    request) runs alone before the run, as in harness.trial.measure."""
+def simulated_requests(cfg) -> list[tuple[float, tuple[int, ...], int]]:
+    """The run's requests as `simulate` takes them: the preflight (a 4-token copy of the first request) runs alone
+    before the run, as in harness.trial.measure."""
     specs = list(cfg.workload.generate(TokenSpace(vocab_size=MockConfig().vocab_size)))
     start = 10.0  # s: the preflight is long done
-    requests = [(0.0, specs[0].prompt_token_ids, 4)] + [(start + s.scheduled_offset_s, s.prompt_token_ids,
-                                                         s.max_output_tokens) for s in specs]
+    return [(0.0, specs[0].prompt_token_ids, 4)] + [(start + s.scheduled_offset_s, s.prompt_token_ids,
+                                                     s.max_output_tokens) for s in specs]
+
+
+def simulated_p50s(cfg) -> tuple[float, float]:
+    """Cold and warm TTFT p50 (ms) as `simulate` computes them exactly."""
+    requests = simulated_requests(cfg)
     ttft = [(first - arrival) * 1e3 for (first, _), (arrival, _, _) in zip(simulate(cfg.engine.resolve(), requests)[1:],
                                                                            requests[1:])]
     cold = ttft[1:GROUPS]  # request 0 repeats the preflight's prompt; requests 1..3 open their groups
@@ -151,6 +156,38 @@ def test_warm_ttft_drops_by_the_simulated_prefill_of_the_cached_prefix(tmp_path,
         assert abs(cold["p50"] - warm["p50"]) < 3
 
 
+def test_engine_reported_cached_tokens_are_the_simulated_hits(tmp_path):
+    """The mock reports each request's SIMULATED cache hits; records.jsonl and the result's `engine_reported` part
+    hold exactly what `simulate_run` computes: a warm request finds its 1024-token prefix (32 whole blocks)."""
+    cfg, result = shared_prefix_run(tmp_path, caching=True)
+    truth = [r.cached_prompt_tokens for r in simulate_run(cfg.engine.resolve(), simulated_requests(cfg))[1:]]
+    records = read_records(tmp_path / TrialFiles.RECORDS)
+    assert [r.cached_prompt_tokens for r in records] == truth
+    assert truth[0] == PREFIX + SUFFIX - 32  # the preflight's copy: all but its last block
+    assert truth[1:GROUPS] == [0] * (GROUPS - 1) and set(truth[GROUPS:]) == {PREFIX}
+    reported = result["prefix_reuse"]["engine_reported"]
+    prompt_tokens = REQUESTS * (PREFIX + SUFFIX)
+    assert reported["all"] == {"requests": REQUESTS, "cached_prompt_tokens": sum(truth), "prompt_tokens": prompt_tokens,
+                               "share": sum(truth) / prompt_tokens}
+    assert reported["cold"]["cached_prompt_tokens"] == 0
+    assert reported["warm"]["requests"] == REQUESTS - GROUPS + 1
+
+
+def test_engine_reported_share_counts_only_requests_with_a_report():
+    """Server-counted prompt lengths where given; a request without a report enters neither sum; the key is absent
+    when no request has a report (results of engines that report nothing stay as they were)."""
+    specs = [spec(i, "g") for i in range(4)]
+    records = [record(i, "measured", i * 100, 30, input_tokens=100) for i in range(4)]
+    assert "engine_reported" not in prefix_reuse(specs, records)
+    records[1].cached_prompt_tokens, records[1].server_input_tokens = 96, 120
+    records[2].cached_prompt_tokens = 64
+    records[0].cached_prompt_tokens = 0
+    reported = prefix_reuse(specs, records)["engine_reported"]
+    assert reported["all"] == {"requests": 3, "cached_prompt_tokens": 160, "prompt_tokens": 320, "share": 0.5}
+    assert reported["cold"] == {"requests": 1, "cached_prompt_tokens": 0, "prompt_tokens": 100, "share": 0.0}
+    assert reported["warm"] == {"requests": 2, "cached_prompt_tokens": 160, "prompt_tokens": 220, "share": 160 / 220}
+
+
 def test_result_without_shared_prefixes_has_no_block_and_report_shows_the_section():
     plain = make_result(make_records(), MockConfig().model_dump(mode="json"))
     assert "prefix_reuse" not in plain
@@ -169,6 +206,30 @@ def test_result_without_shared_prefixes_has_no_block_and_report_shows_the_sectio
     assert "warm ÷ cold (p50)</th><td></td><td class=\"num\">0.333</td>" in section
     assert "Ideal reuse: 156 of 160 prompt tokens (97.5%)" in section
     assert "SIMULATED ENGINE" in html
+    assert "engine reported no cache hits" in section
+
+
+def _reuse_section(result: dict, records) -> str:
+    html = render_run_report(result, records, "bench")
+    return " ".join(unescape(html.split("<h3>Prefix reuse: cold vs warm TTFT</h3>", 1)[1].split("<h3>", 1)[0]).split())
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_report_shows_engine_reported_reuse_and_where_it_came_from(simulated):
+    specs = [spec(i, "g") for i in range(4)]
+    records = [record(i, "measured", i * 100, 30, input_tokens=100) for i in range(4)]
+    for r, cached in zip(records, (0, 96, 96, 64)):
+        r.cached_prompt_tokens = cached
+    result = {**make_result(records, MockConfig().model_dump(mode="json")),
+              "prefix_reuse": prefix_reuse(specs, records)}
+    if not simulated:
+        result = {**result, "simulated": False, "engine": {**result["engine"], "kind": "tensorrt_llm"}}
+    section = _reuse_section(result, records)
+    assert ("every request of the run</th><td class=\"num\">4</td><td class=\"num\">256</td>"
+            "<td class=\"num\">400</td><td class=\"num\">64.0%</td>") in section
+    assert "warm: later in its group</th><td class=\"num\">3</td><td class=\"num\">256</td>" in section
+    assert ("SIMULATED</b>: the mock engine's own count" in section) is simulated
+    assert ("Engine-reported: what the engine (tensorrt_llm) says" in section) is not simulated
 
 
 # the tuner ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The load generator against the mock engine, whose true timings `simulate` computes exactly."""
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from engine_adapters.mock import MockAdapter, MockConfig, simulate
 from harness import runner
 from harness.errors import PreflightError
 from harness.metrics import compute
+from harness.records import read_records, write_records
 from workloads import RequestSpec, TokenSpace
 
 
@@ -126,3 +128,17 @@ def test_closed_loop_ramp_up_spreads_the_first_sends():
     records, _ = run_mock(cfg, specs(4, out=60), concurrency=4, ramp_up_s=0.2)  # each client: one 300 ms request
     first_sends = sorted(r.sent_ns / 1e6 for r in records)
     assert first_sends == pytest.approx([0, 50, 100, 150], abs=15)
+
+
+def test_engine_reported_cached_tokens_reach_the_record_and_records_jsonl(tmp_path):
+    """The mock reports each request's (SIMULATED) cached prompt tokens at its end: the second identical prompt
+    finds its first block of 8; records.jsonl keeps it, and a file written before the field existed reads None."""
+    cfg = MockConfig(prefix_caching=True, kv_block_tokens=8, max_batch_size=1)
+    records, _ = run_mock(cfg, specs(2, prompt=12), concurrency=1)
+    assert [r.cached_prompt_tokens for r in records] == [0, 8]
+    path = tmp_path / "records.jsonl"
+    write_records(path, records)
+    assert read_records(path) == records
+    old = {k: v for k, v in records[1].to_json().items() if k != "cached_prompt_tokens"}
+    path.write_text(json.dumps(old) + "\n")
+    assert read_records(path)[0].cached_prompt_tokens is None

@@ -3,6 +3,9 @@
 The "engine" is a step model on the caller's event loop: a request waits for one of
 `max_batch_size` slots, its first token comes one step (`FAKE.step_ms`) after it is scheduled,
 then one token per step, delivered `stream_interval` tokens per response.
+KV block reuse (kv_cache_config.enable_block_reuse): a request reuses the leading full blocks of
+`kv_cache_config.tokens_per_block` prompt tokens that an earlier request's prompt had (all but its last prompt
+token at most; nothing is evicted), reported in request_perf_metrics.kv_cache_metrics.
 
 Prompt limits as the real ones: PyTorch backend, chunked prefill off: `generate_async` raises when the
 prompt exceeds max_num_tokens (BaseLLM._check_arguments); TensorRT backend: the request fails on its
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tensorrt_llm._fake import FAKE
-from tensorrt_llm.bindings.executor import RequestPerfMetrics, TimingMetrics
+from tensorrt_llm.bindings.executor import KvCacheMetrics, RequestPerfMetrics, TimingMetrics
 from tensorrt_llm.executor import CompletionOutput, RequestError
 from tensorrt_llm.llmapi.llm_args import BaseLlmArgs, TorchLlmArgs, TrtLlmArgs
 from tensorrt_llm.llmapi.tokenizer import ByteTokenizer, TransformersTokenizer
@@ -45,6 +48,7 @@ class RequestOutput:
         self._llm, self._params, self._streaming = llm, params, streaming
         self._queue: asyncio.Queue = asyncio.Queue()
         self._timing = TimingMetrics(arrival_time=_steady(time.perf_counter_ns()))
+        self._kv = KvCacheMetrics()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __aiter__(self):
@@ -77,7 +81,8 @@ class RequestOutput:
         if final:
             out.finish_reason = reason
         if self._params.return_perf_metrics:
-            out.request_perf_metrics = RequestPerfMetrics(timing_metrics=TimingMetrics(**vars(self._timing)))
+            out.request_perf_metrics = RequestPerfMetrics(timing_metrics=TimingMetrics(**vars(self._timing)),
+                                                          kv_cache_metrics=KvCacheMetrics(**vars(self._kv)))
 
     async def _run(self) -> None:
         try:
@@ -97,6 +102,7 @@ class RequestOutput:
         step_s, interval = FAKE.step_ms / 1e3, self._llm._stream_interval
         async with self._llm._slots:
             self._timing.first_scheduled_time = _steady(time.perf_counter_ns())
+            self._kv = self._llm._allocate_blocks(self.prompt_token_ids, self._params.max_tokens)
             if FAKE.hang:
                 await asyncio.Event().wait()
             pending: list[int] = []
@@ -142,6 +148,7 @@ class BaseLLM:
         self._lock = threading.Lock()
         self._outputs: list[RequestOutput] = []
         self._alive = True
+        self._blocks: set[tuple[int, ...]] = set()  # prompt prefixes of whole blocks held for reuse
 
     def _prepare_model(self, path: Path) -> None:
         if path.is_dir() and not (path / "config.json").is_file():
@@ -178,6 +185,20 @@ class BaseLLM:
         with self._lock:
             self._outputs.append(out)
         return out
+
+    def _allocate_blocks(self, prompt: list[int], max_tokens: int) -> KvCacheMetrics:
+        """The request's KV blocks, reusing cached prompt blocks; its full prompt blocks are cached for later ones."""
+        size, reuse = self.args.kv_cache_config.tokens_per_block, self.args.kv_cache_config.enable_block_reuse
+        reused = 0
+        while reuse and (reused + 1) * size < len(prompt) and tuple(prompt[:(reused + 1) * size]) in self._blocks:
+            reused += 1
+        if reuse:
+            self._blocks.update(tuple(prompt[:end]) for end in range(size, len(prompt) + 1, size))
+        context = -(-len(prompt) // size)
+        total = -(-(len(prompt) + max_tokens) // size)
+        return KvCacheMetrics(num_total_allocated_blocks=total, num_new_allocated_blocks=total - reused,
+                              num_reused_blocks=reused, num_missed_blocks=context - reused,
+                              kv_cache_hit_rate=reused / context)
 
     def _max_input_len(self) -> Optional[int]:
         """The runtime's prompt limit checked on the stream; None: none (the PyTorch backend checks at submission)."""
