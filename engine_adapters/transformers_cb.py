@@ -91,7 +91,7 @@ class TransformersEngine(Engine):
     """
 
     def __init__(self, model: Any, manager: Any, tokenizer: Any, kv_capacity_tokens: int, log_lines: list[str],
-                 model_name: str, streaming: bool):
+                 model_name: str, streaming: bool, prefix_matches: dict[str, int] | None = None):
         text_config = model.config.get_text_config()
         self.token_space = TokenSpace(vocab_size=text_config.vocab_size,
                                       reserved_ids=frozenset(tokenizer.all_special_ids),
@@ -101,6 +101,7 @@ class TransformersEngine(Engine):
         self._log_lines = log_lines
         self._ids = itertools.count()
         self._streaming = streaming
+        self._prefix_matches = prefix_matches  # request id -> prompt tokens shared from the cache (_count_prefix_matches)
 
     async def stream(self, request: RequestSpec) -> AsyncIterator[StreamEvent]:
         rid = f"{request.id}#{next(self._ids)}"
@@ -133,6 +134,8 @@ class TransformersEngine(Engine):
                 if out.error:
                     finished = True
                     yield StreamEvent(time.perf_counter_ns(), error=f"transformers: {out.error}")
+                elif finished and self._prefix_matches is not None:
+                    yield StreamEvent(last_ns, cached_prompt_tokens=self._prefix_matches.pop(rid, 0))
         finally:
             if not finished:  # the client gave up (cancelled or closed the stream): free the engine's slot
                 self._manager.cancel_request(rid)
@@ -221,8 +224,35 @@ def _launch(config: TransformersConfig) -> TransformersEngine:
         f"scheduler={cb.scheduler_type}, block_sharing={cb.allow_block_sharing}, "
         f"max_blocks_per_request={getattr(cb, 'max_blocks_per_request', None)}",
     ]
+    prefix_matches, how = _count_prefix_matches(manager)
+    log_lines.append(f"prefix cache hits per request: {how}")
     manager.start()
-    return TransformersEngine(model, manager, tokenizer, capacity, log_lines, config.model, config.stream_outputs)
+    return TransformersEngine(model, manager, tokenizer, capacity, log_lines, config.model, config.stream_outputs,
+                              prefix_matches)
+
+
+def _count_prefix_matches(manager: Any) -> tuple[dict[str, int] | None, str]:
+    """A dict that fills with each request's prompt tokens shared from the prefix cache, and how they are counted.
+
+    transformers keeps no hit counters; its scheduler asks the paged cache `search_prefix_match(request_id,
+    prompt_ids)` once for a pending request, which shares the matched blocks and returns their tokens. The
+    warmed-up manager's cache instance gets a wrapper that records that number (the last one per request).
+    None when this transformers has no such method or does not share prefixes (`use_prefix_sharing` false: the
+    allocators cannot share, or `allow_block_sharing` is off), with the reason."""
+    cache = getattr(getattr(manager, "batch_processor", None), "cache", None)
+    search = getattr(cache, "search_prefix_match", None)
+    if search is None:
+        return None, "not reported (this transformers has no PagedAttentionCache.search_prefix_match)"
+    if not getattr(cache, "use_prefix_sharing", False):
+        return None, "not reported: the cache does not share prefixes (use_prefix_sharing false)"
+    matches: dict[str, int] = {}
+
+    def counting_search(request_id: str, prompt_ids: list[int]) -> int:
+        matches[request_id] = shared = search(request_id, prompt_ids)
+        return shared
+
+    cache.search_prefix_match = counting_search
+    return matches, "counted from the cache's search_prefix_match (use_prefix_sharing true)"
 
 
 class TransformersAdapter(EngineAdapter):

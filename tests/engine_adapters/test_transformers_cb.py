@@ -112,6 +112,8 @@ def test_engine_streams_every_token_with_engine_timestamps(harness_cache):
 
     sent, requests, streams, too_long = asyncio.run(run())
     for request, events in zip(requests, streams):
+        *events, report = events  # the last event reports the prompt tokens shared from the prefix cache
+        assert report.n_tokens == 0 and report.cached_prompt_tokens is not None and report.error is None, report
         assert all(e.error is None and e.n_tokens == 1 for e in events), events
         assert len(events) == request.max_output_tokens
         times = [e.t_ns for e in events]
@@ -143,7 +145,7 @@ def test_cancelled_stream_frees_the_engine_and_exit_fails_inflight(harness_cache
 
     first, after, inflight = asyncio.run(run())
     assert first.n_tokens == 1
-    assert [e.n_tokens for e in after] == [1, 1, 1]
+    assert [e.n_tokens for e in after] == [1, 1, 1, 0] and after[-1].cached_prompt_tokens == 0
     assert inflight[-1].error and len(inflight) < 3000  # leaving the engine fails what is still running
 
 
@@ -157,7 +159,9 @@ def test_fingerprint_describes_the_run(harness_cache):
 @pytest.mark.slow
 def test_prefix_caching_reuses_shared_prefixes(harness_cache):
     """A shared-prefix workload, prefix caching on vs off: with it, a request whose 1,024-token prefix is
-    cached prefills only its 32-token suffix (measured by hand: TTFT p95 39 ms vs 379 ms)."""
+    cached prefills only its 32-token suffix (measured by hand: TTFT p95 39 ms vs 379 ms). The engine reports
+    the prompt tokens it shared from the cache: the whole prefix (32 pages of 32) for every request after the
+    first, none for the first; with caching off it reports nothing."""
     from harness.metrics import compute
     from harness.runner import run
     from workloads.shared_prefix import SharedPrefixWorkload
@@ -167,7 +171,7 @@ def test_prefix_caching_reuses_shared_prefixes(harness_cache):
         suffix_tokens={"dist": "fixed", "value": 32}, output_tokens={"dist": "fixed", "value": 4},
         arrival={"process": "closed", "concurrency": 1})
 
-    async def ttft_p50(prefix_caching: bool) -> float:
+    async def ttft_p50(prefix_caching: bool) -> tuple[float, list]:
         config = TransformersConfig(device="cpu", max_batch_size=2, max_num_tokens=512, kv_cache_fraction=1.0,
                                     prefix_caching=prefix_caching)
         async with TransformersAdapter().start(config) as engine:
@@ -177,7 +181,9 @@ def test_prefix_caching_reuses_shared_prefixes(harness_cache):
             specs = list(workload.generate(engine.token_space))
             records, _ = await run(engine, specs, concurrency=1, warmup=2)
         assert all(r.ok for r in records)
-        return compute(records)["distributions"]["ttft_ms"]["p50"]
+        return compute(records)["distributions"]["ttft_ms"]["p50"], [r.cached_prompt_tokens for r in records]
 
-    cached, uncached = asyncio.run(ttft_p50(True)), asyncio.run(ttft_p50(False))
+    (cached, hits), (uncached, no_hits) = asyncio.run(ttft_p50(True)), asyncio.run(ttft_p50(False))
     assert cached < 0.5 * uncached, (cached, uncached)
+    assert hits == [0] + [1024] * 11
+    assert no_hits == [None] * 12
