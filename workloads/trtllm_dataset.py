@@ -46,7 +46,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from workloads.arrival import ArrivalProcess, Closed
-from workloads.dataset import BadItem, DatasetSource, Item, Record, RowError, Unreadable, check_readable, jsonl_records
+from workloads.dataset import BadItem, DatasetSource, Item, RowError
+from workloads.dataset_files import Record, Unreadable, check_readable, jsonl_records
 from workloads.request import RequestSpec
 from workloads.synthetic import Seeds
 

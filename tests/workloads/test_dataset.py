@@ -492,8 +492,8 @@ def test_every_row_is_checked_when_the_config_is_validated(tmp_path):
 
 def test_rows_read_at_validation_are_reused_until_the_file_changes(tmp_path, monkeypatch):
     reads = []
-    reader = dataset._RECORD_READERS["sharegpt"]
-    monkeypatch.setitem(dataset._RECORD_READERS, "sharegpt", lambda *a: reads.append(a) or reader(*a))
+    reader = dataset.RECORD_READERS["sharegpt"]
+    monkeypatch.setitem(dataset.RECORD_READERS, "sharegpt", lambda *a: reads.append(a) or reader(*a))
     path = sharegpt(tmp_path, [[("human", f"q{i}"), ("gpt", "r")] for i in range(3)])
     w = workload(path)
     assert len(list(w.generate(space()))) == 3 and len(list(w.generate(space()))) == 3 and len(reads) == 1
