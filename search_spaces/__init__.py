@@ -93,7 +93,10 @@ class FloatParam(_RangeParam):
     step: float | None = None
 
     def suggest(self, trial, name):
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        """A value on the space; with a step, rounded as the grid is (Optuna returns low + k * step in binary floating
+        point, e.g. 0.30000000000000004, which would otherwise reach the engine config and recommended.yaml)."""
+        value = trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        return value if self.step is None else round(value, 12)
 
     def grid(self, name):
         if self.step is None:

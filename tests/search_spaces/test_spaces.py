@@ -122,3 +122,15 @@ def test_for_gpus_narrows_through_chained_rules_and_names_an_empty_param(tmp_pat
     path.write_text(path.read_text().replace("a <= gpus", "a > 4 * gpus"))
     with pytest.raises(SpaceError, match="no value of a satisfies the rule 'a > 4 \\* gpus' with gpus = 1"):
         load_space(str(path)).for_gpus(1)
+
+
+def test_stepped_floats_come_out_as_written_not_as_binary_sums():
+    """Optuna's suggest_float(0.1, 0.95, step=0.05) gives 0.30000000000000004 for 0.3; the space rounds it, so the
+    engine config and recommended.yaml read 0.3, equal to the grid's value."""
+    space = load_space("transformers-default")
+    param = space.params["kv_cache_fraction"]
+    assert param.step is not None
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = {param.suggest(study.ask(), "kv_cache_fraction") for _ in range(200)}
+    assert values <= set(param.grid("kv_cache_fraction")) and len(values) > 5
+    assert all(repr(v) == repr(round(v, 2)) for v in values)
