@@ -18,7 +18,8 @@ earlier prompt: what a cache that never evicted, at token granularity, would ski
 KV blocks only, and evict, so their savings are lower.
 
 What the engine itself says it reused, where it says so (`RequestRecord.cached_prompt_tokens`: TensorRT-LLM's
-reused KV blocks, an OpenAI server's `usage.prompt_tokens_details.cached_tokens`, the mock's SIMULATED hits), is
+reused KV blocks, an OpenAI server's `usage.prompt_tokens_details.cached_tokens`, what transformers' paged cache
+matched, the mock's SIMULATED hits), is
 the `engine_reported` part: the share of prompt tokens (as the server counted them where it did) the engine took
 from its cache, over every request of the run with a report and over the cold and warm ones.
 """
